@@ -1,0 +1,10 @@
+"""flashbits emulator: bit-exact CPU models of low-precision attention arithmetic.
+
+Imports only numpy, numba and ml_dtypes.
+"""
+
+from .bits import from_bits, to_bits
+from .formats import FORMATS, FloatFormat, get_format
+from .rounding import RoundMode, quantize
+
+__all__ = ["FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits", "from_bits"]
