@@ -5,6 +5,11 @@ Imports only numpy, numba and ml_dtypes.
 
 from .bits import from_bits, to_bits
 from .formats import FORMATS, FloatFormat, get_format
+from .hw.sfu import sfu_exp2
+from .hw.tensor_core import tensor_core_dot
 from .rounding import RoundMode, quantize
 
-__all__ = ["FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits", "from_bits"]
+__all__ = [
+    "FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits", "from_bits",
+    "tensor_core_dot", "sfu_exp2",
+]

@@ -392,7 +392,10 @@ def _round_f32_fast_elem(b, i, tiny_path, d0, tmin_field, max_enc, minsub_enc, o
     half = unit >> u1
     nz = np.uint32(dd != u0)
     if mode == 0:  # rne
-        add = half - nz + (((mag >> dd) & u1) & nz)
+        # parity of the kept significand: its lowest kept mantissa bit, or the
+        # implicit bit when every mantissa bit is dropped (d = 23)
+        odd = ((mag >> dd) & u1) if dd < np.uint32(23) else u1
+        add = half - nz + (odd & nz)
     elif mode == 1:  # rna
         add = half
     elif mode == 3:  # ru

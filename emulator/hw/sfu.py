@@ -79,12 +79,12 @@ def _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code):
         # floor(x·2^F) = −ceil(|x|·2^F) when truncating
         skey = -key if (round_key or exact) else -(key + 1)
         i = skey >> F  # arithmetic: floor
-        f = (skey & mask) << (24 - F)
+        f = skey & mask
         t = tpos[f]
         neg_scale = False  # t · 2^i with i <= 0
     else:
         i = key >> F
-        f = (key & mask) << (24 - F)
+        f = key & mask
         t = tneg[f] if neg else tpos[f]
         neg_scale = neg
     te = np.int64((t >> np.uint32(23)) & np.uint32(0xFF))
@@ -157,7 +157,12 @@ def load_exp2_tables(arch: str = "sm90", path: str | None = None):
 
 def exp2_table_model(x_bits: np.ndarray, tpos, tneg, *, F: int, round_key: bool, nan_code: int,
                      ftz: bool, twos: bool = False) -> np.ndarray:
-    """The model on float32 bit patterns with explicit tables and parameters."""
+    """The model on float32 bit patterns with explicit tables (2^F entries each:
+    T±[k] = MUFU.EX2(±k·2^-F)) and parameters."""
+    for name, t in (("tpos", tpos), ("tneg", tneg)):
+        if np.shape(t) != (1 << F,) or np.asarray(t).dtype != np.uint32:
+            raise ValueError(f"{name} must be a uint32 table of 2^F = {1 << F} entries, got "
+                             f"{np.shape(t)} {np.asarray(t).dtype}")
     xb = np.ascontiguousarray(x_bits, dtype=np.uint32).reshape(-1)
     out = np.empty(xb.size, np.uint32)
     _exp2_kernel(xb, out, tpos, tneg, int(F), bool(round_key), bool(twos), np.uint32(nan_code), bool(ftz))

@@ -10,15 +10,20 @@ Khattak & Mikaitis, "Accurate Models of NVIDIA Tensor Cores" (arXiv
    ``ea + eb`` even when the significand product is >= 2;
 2. the products and the accumulator c are aligned to the largest alignment
    exponent E among the nonzero ones, and each is truncated (toward zero) to a
-   multiple of 2^(E − F) with F = 25 fraction bits (23 + 2; no sticky bit);
+   multiple of 2^(E − F): F = 25 fraction bits (23 + 2; no sticky bit) for
+   bf16/fp16, F = 13 for fp8;
 3. the aligned terms are added exactly;
-4. the sum is truncated (round toward zero) to fp32, subnormals kept, and
-   becomes c for the next step.
+4. the sum is truncated (round toward zero) to S fraction bits below its
+   leading bit — S = 23, i.e. plain fp32, for bf16/fp16; S = 13 for fp8, so
+   an fp8 step keeps only 14 significant bits — subnormals kept, and becomes c
+   for the next step.
 
 Steps run in ascending k; a K that is not a multiple of the step size is
 zero-padded (zero products change nothing).  Specials follow IEEE: NaN in, or
-inf·0, or inf − inf give NaN; otherwise an inf product or accumulator gives
-that inf.
+inf·0, or inf − inf give NaN (written as 0x7FFFFFFF); otherwise an inf product
+or accumulator gives that inf.  Measured, not IEEE: a zero result is always +0
+(also −0 + −0), and a step whose aligned sum reaches 2^128 gives ±inf although
+the rounding is otherwise toward zero.
 
 The parameters of the model (step size, fraction bits) live in
 :data:`TC_MODELS` per input format; they are what the hardware records pin.
@@ -26,32 +31,39 @@ The parameters of the model (step size, fraction bits) live in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numba as nb
 import numpy as np
 
 from ..formats import get_format
 from ..rounding import _bit_length, as_float_array, decode_bits, layout
 
-__all__ = ["tensor_core_dot", "TC_MODELS", "TensorCoreModel"]
+__all__ = ["tensor_core_dot", "TC_MODELS", "TensorCoreModel", "tc_dot_ij", "decode_operands"]
 
 
+@dataclass(frozen=True)
 class TensorCoreModel:
-    """Parameters of one input format's wgmma arithmetic (see module docstring)."""
+    """Parameters of one input format's wgmma arithmetic (see module docstring).
 
-    def __init__(self, k_step: int, frac_bits: int):
-        self.k_step = k_step
-        self.frac_bits = frac_bits
+    k_step: products per step; frac_bits: fraction bits each aligned term
+    keeps below the largest alignment exponent; sum_frac_bits: fraction bits
+    the step's sum keeps below its own leading bit (23 = plain fp32).
+    """
 
-    def __repr__(self):
-        return f"TensorCoreModel(k_step={self.k_step}, frac_bits={self.frac_bits})"
+    k_step: int
+    frac_bits: int
+    sum_frac_bits: int
 
 
 TC_MODELS = {
     "sm90": {
-        "bf16": TensorCoreModel(16, 25),
-        "fp16": TensorCoreModel(16, 25),
-        "fp8_e4m3": TensorCoreModel(32, 25),
-        "fp8_e5m2": TensorCoreModel(32, 25),
+        "bf16": TensorCoreModel(16, 25, 23),
+        "fp16": TensorCoreModel(16, 25, 23),
+        # fp8: 13-bit alignment and a 14-significant-bit step result (the
+        # "about 14 bits" of fp8 accumulation DeepSeek-V3 reported on Hopper)
+        "fp8_e4m3": TensorCoreModel(32, 13, 13),
+        "fp8_e5m2": TensorCoreModel(32, 13, 13),
     }
 }
 
@@ -120,94 +132,123 @@ def _acc_from_f32(bits):
 
 
 @nb.njit(inline="always")
-def _f32_rz_from_int(S, unit_exp, neg_zero):
-    """fp32 bits of S · 2^unit_exp rounded toward zero (subnormals kept)."""
+def _f32_rz_from_int(S, unit_exp, keep):
+    """fp32 bits of S · 2^unit_exp as the tensor core writes them: truncated
+    toward zero to ``keep`` fraction bits below the leading bit (23: plain
+    fp32), subnormals kept; a zero result is +0 whatever the signs, and a sum
+    of magnitude >= 2^128 is ±inf (both seen on the H200)."""
     if S == 0:
-        return np.uint32(0x80000000) if neg_zero else np.uint32(0)
+        return np.uint32(0)
     neg = S < 0
     mag = np.uint64(-S if neg else S)
-    nbits = _bit_length(mag)
-    E = unit_exp + nbits - 1  # floor(log2 |value|)
+    E = unit_exp + _bit_length(mag) - 1  # floor(log2 |value|)
     if E > 127:
-        r = np.uint32(0x7F7FFFFF)  # truncation never reaches inf
+        r = np.uint32(0x7F800000)
     else:
-        qexp = (E if E > -126 else -126) - 23
+        qexp = E - keep if E - keep > -149 else -149
         sh = qexp - unit_exp
         if sh > 0:
             q = mag >> np.uint64(sh) if sh < 64 else np.uint64(0)
         else:
             q = mag << np.uint64(-sh)
         if q == 0:
-            r = np.uint32(0)
-        elif q >= np.uint64(1 << 23):
-            r = np.uint32(((qexp + 23 + 127) << 23) | (np.int64(q) & 0x7FFFFF))
+            return np.uint32(0)
+        # re-express q · 2^qexp on the fp32 grid (a multiple of it)
+        if E >= -126:
+            m = np.int64(q) << (qexp - (E - 23))
+            r = np.uint32(((E + 127) << 23) | (m & 0x7FFFFF))
         else:
-            r = np.uint32(q)  # subnormal
+            r = np.uint32(np.int64(q) << (qexp + 149))  # subnormal
     return r | (np.uint32(0x80000000) if neg else np.uint32(0))
 
 
+@nb.njit(inline="always")
+def tc_dot_ij(asig, aexp, aspec, i, bsig, bexp, bspec, j, c_bits, k_step, frac_bits, sum_frac_bits, mant):
+    """fp32 bits of the chained k-steps of sum_k a[i, k]·b[k, j] + c (c as fp32 bits).
+
+    Operands are pre-decoded by :func:`decode_operands` (significand, unit
+    exponent, special code); the attention emulator calls this per element.
+    """
+    K = asig.shape[1]
+    acc_bits = c_bits
+    csig, cexp, cspec = _acc_from_f32(acc_bits)
+    for k0 in range(0, K, k_step):
+        k1 = min(k0 + k_step, K)
+        # specials: NaN if any NaN, inf*0, or +inf and -inf; else the inf
+        pinf = cspec == 1
+        ninf = cspec == 2
+        nan = cspec == 3
+        emax = np.int64(-(1 << 40))
+        if csig != 0:
+            emax = cexp + 23 if (acc_bits & np.uint32(0x7F800000)) else np.int64(-126)
+        for k in range(k0, k1):
+            sa = aspec[i, k]
+            sb = bspec[k, j]
+            if sa != 0 or sb != 0:
+                if sa == 3 or sb == 3:
+                    nan = True
+                elif (sa != 0 and bsig[k, j] == 0 and sb == 0) or (sb != 0 and asig[i, k] == 0 and sa == 0):
+                    nan = True
+                else:
+                    # sign of the inf product
+                    na = (sa == 2) if sa != 0 else (asig[i, k] < 0)
+                    nbb = (sb == 2) if sb != 0 else (bsig[k, j] < 0)
+                    if na != nbb:
+                        ninf = True
+                    else:
+                        pinf = True
+                continue
+            p = asig[i, k] * bsig[k, j]
+            if p != 0:
+                e = aexp[i, k] + bexp[k, j] + 2 * mant  # alignment exponent ea + eb
+                if e > emax:
+                    emax = e
+        if nan or (pinf and ninf):
+            acc_bits = _NAN32
+            csig, cexp, cspec = np.int64(0), np.int64(0), 3
+            continue
+        if pinf or ninf:
+            acc_bits = np.uint32(0xFF800000) if ninf else np.uint32(0x7F800000)
+            csig, cexp, cspec = np.int64(0), np.int64(0), 2 if ninf else 1
+            continue
+        if emax == -(1 << 40):
+            # every term is zero: the result is +0 (never −0 on the H200)
+            acc_bits = np.uint32(0)
+            csig, cexp, cspec = np.int64(0), np.int64(-149), 0
+            continue
+        unit = emax - frac_bits
+        S = _trunc_shift(csig, unit - cexp)
+        for k in range(k0, k1):
+            p = asig[i, k] * bsig[k, j]
+            if p != 0:
+                S += _trunc_shift(p, unit - (aexp[i, k] + bexp[k, j]))
+        acc_bits = _f32_rz_from_int(S, unit, sum_frac_bits)
+        csig, cexp, cspec = _acc_from_f32(acc_bits)
+    return acc_bits
+
+
 @nb.njit(cache=True, parallel=True)
-def _tc_dot_kernel(asig, aexp, aspec, bsig, bexp, bspec, cbits, out, k_step, frac_bits, mant):
-    """out[i, j] = chained k-steps of sum_k a[i, k]·b[k, j] + c[i, j] (fp32 bits)."""
-    M, K = asig.shape
+def _tc_dot_kernel(asig, aexp, aspec, bsig, bexp, bspec, cbits, out, k_step, frac_bits, sum_frac_bits, mant):
+    """out[i, j] = tc_dot_ij(...) for every (i, j), in parallel."""
+    M = asig.shape[0]
     N = bsig.shape[1]
     for ij in nb.prange(M * N):
         i = ij // N
         j = ij % N
-        cb = cbits[i, j]
-        csig, cexp, cspec = _acc_from_f32(cb)
-        acc_bits = cb
-        for k0 in range(0, K, k_step):
-            k1 = min(k0 + k_step, K)
-            # specials: NaN if any NaN, inf*0, or +inf and -inf; else the inf
-            pinf = cspec == 1
-            ninf = cspec == 2
-            nan = cspec == 3
-            emax = np.int64(-(1 << 40))
-            if csig != 0:
-                emax = cexp + 23 if (cb & np.uint32(0x7F800000)) else np.int64(-126)
-            for k in range(k0, k1):
-                sa = aspec[i, k]
-                sb = bspec[k, j]
-                if sa != 0 or sb != 0:
-                    if sa == 3 or sb == 3:
-                        nan = True
-                    elif (sa != 0 and bsig[k, j] == 0 and sb == 0) or (sb != 0 and asig[i, k] == 0 and sa == 0):
-                        nan = True
-                    else:
-                        # sign of the inf product
-                        na = (sa == 2) if sa != 0 else (asig[i, k] < 0)
-                        nbb = (sb == 2) if sb != 0 else (bsig[k, j] < 0)
-                        if na != nbb:
-                            ninf = True
-                        else:
-                            pinf = True
-                    continue
-                p = asig[i, k] * bsig[k, j]
-                if p != 0:
-                    e = aexp[i, k] + bexp[k, j] + 2 * mant  # alignment exponent ea + eb
-                    if e > emax:
-                        emax = e
-            if nan or (pinf and ninf):
-                acc_bits = _NAN32
-                csig, cexp, cspec = np.int64(0), np.int64(0), 3
-                continue
-            if pinf or ninf:
-                acc_bits = np.uint32(0xFF800000) if ninf else np.uint32(0x7F800000)
-                csig, cexp, cspec = np.int64(0), np.int64(0), 2 if ninf else 1
-                continue
-            if emax == -(1 << 40):
-                # every term is zero: keep c (sign of zero: see docs/hardware.md)
-                continue
-            unit = emax - frac_bits
-            S = _trunc_shift(csig, unit - cexp)
-            for k in range(k0, k1):
-                p = asig[i, k] * bsig[k, j]
-                if p != 0:
-                    S += _trunc_shift(p, unit - (aexp[i, k] + bexp[k, j]))
-            acc_bits = _f32_rz_from_int(S, unit, False)
-            csig, cexp, cspec = _acc_from_f32(acc_bits)
-        out[i, j] = acc_bits
+        out[i, j] = tc_dot_ij(asig, aexp, aspec, i, bsig, bexp, bspec, j, cbits[i, j],
+                              k_step, frac_bits, sum_frac_bits, mant)
+
+
+def decode_operands(x, fmt):
+    """(sig int64, unit exponent int64, special int8) arrays of x's shape, for tc_dot_ij.
+
+    x must hold values representable in ``fmt`` (checked).
+    """
+    from ..bits import to_bits
+
+    bits = to_bits(x, fmt)
+    s, e, sp = _decode_operand(bits.reshape(-1), layout(fmt))
+    return s.reshape(bits.shape), e.reshape(bits.shape), sp.reshape(bits.shape)
 
 
 def tensor_core_dot(a, b, c=None, *, in_fmt="bf16", arch="sm90"):
@@ -235,8 +276,6 @@ def tensor_core_dot(a, b, c=None, *, in_fmt="bf16", arch="sm90"):
     N = b.shape[1]
     from ..bits import to_bits
 
-    abits = to_bits(a, fmt)
-    bbits = to_bits(b, fmt)
     if c is None:
         cbits = np.zeros((M, N), np.uint32)
     else:
@@ -244,11 +283,9 @@ def tensor_core_dot(a, b, c=None, *, in_fmt="bf16", arch="sm90"):
         if c.shape != (M, N):
             raise ValueError(f"c must have shape {(M, N)}, got {c.shape}")
         cbits = to_bits(c, "fp32").reshape(M, N)
-    lay = layout(fmt)
-    asig, aexp, aspec = _decode_operand(abits.reshape(-1), lay)
-    bsig, bexp, bspec = _decode_operand(bbits.reshape(-1), lay)
+    asig, aexp, aspec = decode_operands(a, fmt)
+    bsig, bexp, bspec = decode_operands(b, fmt)
     out = np.empty((M, N), np.uint32)
-    _tc_dot_kernel(asig.reshape(M, K), aexp.reshape(M, K), aspec.reshape(M, K),
-                   bsig.reshape(K, N), bexp.reshape(K, N), bspec.reshape(K, N),
-                   np.ascontiguousarray(cbits), out, model.k_step, model.frac_bits, fmt.mant_bits)
+    _tc_dot_kernel(asig, aexp, aspec, bsig, bexp, bspec, np.ascontiguousarray(cbits), out, model.k_step, model.frac_bits, model.sum_frac_bits,
+                   fmt.mant_bits)
     return out.view(np.float32)
