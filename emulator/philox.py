@@ -26,7 +26,7 @@ _KB = np.uint64(0xBB67AE85)
 _M32 = np.uint64(0xFFFFFFFF)
 
 
-@nb.njit(inline="always")
+@nb.njit(inline="always", error_model="numpy")
 def philox4x32(c0, c1, c2, c3, k0, k1):
     """Ten Philox rounds on uint64 holders of 32-bit words; returns 4 words."""
     s32 = np.uint64(32)
@@ -44,7 +44,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1):
     return c0, c1, c2, c3
 
 
-@nb.njit(inline="always")
+@nb.njit(inline="always", error_model="numpy")
 def randint_word(seed_u64, offset):
     """``tl.randint(seed, offset)`` for one int64 offset: a uint32 in a uint64."""
     off = np.uint64(offset)
@@ -53,7 +53,7 @@ def randint_word(seed_u64, offset):
     return w0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _fill_words(out, seed_u64, offset):
     for i in range(out.size):
         out[i] = randint_word(seed_u64, offset + i)
@@ -83,6 +83,6 @@ def philox4x32_block(counter, key) -> tuple[int, int, int, int]:
     return tuple(int(v) for v in _block(c[0], c[1], c[2], c[3], k[0], k[1]))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _block(c0, c1, c2, c3, k0, k1):
     return philox4x32(c0, c1, c2, c3, k0, k1)

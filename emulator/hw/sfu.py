@@ -41,7 +41,7 @@ _F32T = target(FORMATS["fp32"])
 _F32L = layout(FORMATS["fp32"])
 
 
-@nb.njit(inline="always")
+@nb.njit(inline="always", error_model="numpy")
 def _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code):
     """MUFU.EX2 (FTZ) of float32 bits ``xb`` under the table model; returns bits.
 
@@ -96,7 +96,7 @@ def _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code):
     return (t & np.uint32(0x807FFFFF)) | np.uint32(e << 23)
 
 
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, error_model="numpy")
 def _exp2_kernel(xbits, out, tpos, tneg, F, round_key, twos, nan_code, ftz):
     for j in nb.prange(xbits.size):
         xb = np.uint32(xbits[j])

@@ -9,6 +9,7 @@ cancel     products that nearly cancel pairwise, and C ≈ −(sum of products)
 subnormal  operands mixing the format's subnormals with small normals; tiny C
 special    random values with sprinkled ±0, ±inf, NaN (and −0 accumulators)
 zeros      only ±0 operands and ±0 / tiny accumulators: the sign of zero sums
+negzero    every product −0 and the accumulator −0 (zero acc: +0): is −0 + −0 kept?
 overflow   values near the top of the range: sums beyond fp32 max
 sparse     each row of A has 2-3 nonzeros at random k: isolates how a few
            products of very different size combine (the alignment rule)
@@ -20,7 +21,7 @@ import numpy as np
 
 from emulator import FORMATS, quantize
 
-KINDS = ("random", "wide", "cancel", "subnormal", "special", "zeros", "overflow", "sparse")
+KINDS = ("random", "wide", "cancel", "subnormal", "special", "zeros", "negzero", "overflow", "sparse")
 TILE = 64
 
 
@@ -99,6 +100,12 @@ def make_case(kind: str, fmt: str, K: int, acc: bool, seed: int):
         b[1, :] = b[0, :]
         if acc:
             c = rng.choice([0.0, -0.0], size=(M, N)).astype(np.float32)
+    elif kind == "negzero":
+        a = np.full((M, K), -0.0, np.float32)
+        b = np.abs(_q(rng.standard_normal((K, N)), fmt)) + np.float32(f.min_normal)
+        b = _q(b, fmt)
+        if acc:
+            c = np.full((M, N), -0.0, np.float32)
     elif kind == "overflow":
         top = emax
         a = _wide(rng, (M, K), fmt, top - 3, top)

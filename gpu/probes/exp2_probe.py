@@ -269,3 +269,26 @@ def _mathexp2_of(x):
     y = torch.empty_like(x)
     _mathexp2_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), BLOCK=BLOCK)
     return y
+
+
+def verify(out: dict, log):
+    """The installed model (emulator.sfu_exp2 with its package tables) against the
+    hardware on all 2^32 inputs, both modes, raw bits (NaN code included)."""
+    from emulator.hw.sfu import sfu_exp2
+
+    t0 = time.time()
+    mism = {"ftz": 0, "nonftz": 0}
+    examples = []
+    for start, xbits in _chunks():
+        xc = xbits.cpu().numpy().view(np.float32)
+        for mode, name in ((0, "ftz"), (1, "nonftz")):
+            hw = ex2_range(start, CHUNK, mode).view(torch.int32).cpu().numpy().view(np.uint32)
+            em = sfu_exp2(xc, ftz=(name == "ftz")).view(np.uint32)
+            bad = np.nonzero(hw != em)[0]
+            mism[name] += int(bad.size)
+            for j in bad[:5]:
+                if len(examples) < 40:
+                    examples.append([name, int(xc.view(np.uint32)[j]), int(hw[j]), int(em[j])])
+        log(f"exp2 verify chunk {start // CHUNK:2d}/{TOTAL // CHUNK}, {time.time() - t0:.1f}s")
+    out["exp2_verify"] = {"inputs": TOTAL, "raw_bit_mismatches": mism, "examples": examples,
+                          "seconds": round(time.time() - t0, 1)}

@@ -13,7 +13,8 @@ writes into OUTDIR:
 * ``fp8_e4m3_analysis.npz``, ``fp8_e5m2_analysis.npz`` — raw fp8 dot data;
 * ``log.txt``.
 
-``--only exp2,dots,casts`` runs a subset.
+``--only exp2,exp2_verify,dots,casts`` picks probes (default: all but
+``exp2_verify``, which checks the installed model on all 2^32 inputs).
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ def main(argv=None):
         except Exception:
             summary["exp2_error"] = traceback.format_exc()
             log(summary["exp2_error"])
+        dump_summary()
+    if "exp2_verify" in probes:
+        try:
+            from gpu.probes import exp2_probe
+
+            exp2_probe.verify(summary, log)
+        except Exception:
+            summary["exp2_verify_error"] = traceback.format_exc()
+            log(summary["exp2_verify_error"])
         dump_summary()
     if "dots" in probes:
         try:

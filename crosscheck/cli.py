@@ -1,0 +1,297 @@
+"""Command line: ``flashbits`` (formats, emulate, crosscheck, bias) and ``crosscheck``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+PRESETS = {
+    "ties": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=12.0,
+                 recipe="paper",
+                 doc="two tied maxima per row in one key block, the other 62 keys 12 nats lower, "
+                     "V mostly negative; 4096 rows × 64 features = 2^18 output samples (MISSION.md)"),
+    "ties15": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=15.0,
+                   recipe="paper", doc="as ties, the others 15 nats lower"),
+    "random": dict(kind="random", B=1, H=4, Nq=512, Nk=512, D=64, causal=False, seed=1, gap=0.0,
+                   recipe="fa2", doc="q, k, v ~ N(0, 1), 4 heads of 512×512"),
+    "lowrank": dict(kind="lowrank_v", B=1, H=4, Nq=1024, Nk=64, D=64, causal=False, seed=1, gap=0.0,
+                    recipe="paper", doc="similar keys, same-sign rank-1 V"),
+}
+
+
+def _parse_overrides(items):
+    out = {}
+    for it in items or ():
+        try:
+            stage, kv = it.split(":", 1)
+            key, val = kv.split("=", 1)
+        except ValueError:
+            raise SystemExit(f"--override takes STAGE:KEY=VALUE (e.g. P_cast:rounding=sr), got {it!r}")
+        if key == "rand_bits":
+            val = int(val)
+        out.setdefault(stage, {})[key] = val
+    return out
+
+
+def cmd_formats(args):
+    from emulator import FORMATS
+
+    print(f"{'name':<10}{'bits':>5}{'exp':>5}{'mant':>6}{'bias':>6}  {'max finite':>14}{'min normal':>14}"
+          f"{'min subnormal':>15}  specials")
+    for f in FORMATS.values():
+        print(f"{f.name:<10}{f.bits:>5}{f.exp_bits:>5}{f.mant_bits:>6}{f.bias:>6}  {f.max_finite:>14.6g}"
+              f"{f.min_normal:>14.6g}{f.min_subnormal:>15.6g}  {f.describe_specials()}")
+    print("\ncanonical NaN written by flashbits (sign of the input kept): "
+          + ", ".join(f"{f.name} 0x{f.canonical_nan:0{f.bits // 4}x}" for f in FORMATS.values()))
+    return 0
+
+
+def _load_inputs(args):
+    import numpy as np
+
+    from crosscheck.cases import Case, generate
+
+    if args.inputs:
+        z = np.load(args.inputs)
+        missing = [t for t in ("q", "k", "v") if t not in z.files]
+        if missing:
+            raise SystemExit(f"{args.inputs} lacks arrays {missing}; it needs q, k, v "
+                             "(float32 bf16 values, shape (B, H, N, D) or (N, D))")
+        desc = f"inputs from {args.inputs}"
+        return z["q"], z["k"], z["v"], bool(args.causal), desc, args.recipe or "fa2"
+    p = dict(PRESETS[args.preset])
+    doc = p.pop("doc")
+    recipe = p.pop("recipe")
+    if args.causal:
+        p["causal"] = True
+    case = Case(**p)
+    q, k, v = generate(case)
+    return q, k, v, case.causal, f"preset {args.preset}: {doc}", args.recipe or recipe
+
+
+def cmd_emulate(args):
+    import numpy as np
+
+    from emulator import flash_attention, reference_attention
+    from emulator.attention.bias import bias_stats, signed_error_ulps
+
+    q, k, v, causal, desc, recipe = _load_inputs(args)
+    ov = _parse_overrides(args.override)
+    t0 = time.time()
+    r = flash_attention(q, k, v, recipe=recipe, fix=args.fix, eps=args.eps, beta=args.beta, causal=causal,
+                        rounding=args.rounding, overrides=ov, seed=args.seed, record=True, threads=args.threads)
+    dt = time.time() - t0
+    ref, ref_lse = reference_attention(q, k, v, causal=causal)
+    out = np.asarray(r.out, np.float64)
+    fin = np.isfinite(ref)
+    err = out - ref
+    stats = bias_stats(signed_error_ulps(out, ref, r.recipe.stages["O_cast"].format
+                                         if r.recipe.stages["O_cast"].format != "fp32" else "fp32"))
+    fix = f"{r.fix.name} (eps={r.fix.eps:g}, beta={r.fix.beta:g})" if r.fix else "none"
+    print(f"flashbits emulate — recipe {recipe}, fix {fix}, rounding "
+          f"{r.recipe.stages['P_cast'].rounding}/{r.recipe.stages['O_cast'].rounding} (P̄/O casts), "
+          f"{'causal' if causal else 'non-causal'}")
+    print(f"  {desc}")
+    print(f"  shapes q {tuple(np.shape(q))}, k {tuple(np.shape(k))}; {dt:.1f} s")
+    print(f"output error vs float64 reference: max |err| {np.nanmax(np.abs(err[fin])):.3e}, "
+          f"rms relative {np.sqrt(np.nanmean(err[fin] ** 2) / np.nanmean(ref[fin] ** 2)):.3e}")
+    verdict = "BIASED (|t| > 3)" if abs(stats["t"]) > 3 else "no significant bias (|t| <= 3)"
+    print(f"signed error of O in output ulps: mean {stats['mean_ulp']:+.5f} ± {stats['sem_ulp']:.5f} "
+          f"(t = {stats['t']:+.1f}, n = {stats['n']}) — {verdict}")
+    print()
+    print(r.ledger.format_table())
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        np.savez_compressed(os.path.join(args.out, "emulate.npz"), q=q, k=k, v=v, out=r.out, ref=ref,
+                            m=r.m, l=r.l, lse=r.lse, ref_lse=ref_lse, ledger=r.ledger.table,
+                            ledger_stages=np.array(r.ledger.stages))
+        with open(os.path.join(args.out, "emulate.json"), "w") as f:
+            json.dump({"recipe": recipe, "fix": fix, "description": desc, "bias": stats,
+                       "stages": r.recipe.describe(), "ledger": r.ledger.to_dict(), "seconds": dt}, f,
+                      indent=1, default=float)
+        print(f"\nsaved {args.out}/emulate.npz and emulate.json")
+    return 0
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def cmd_crosscheck(args):
+    from crosscheck.record import replay_record
+    from crosscheck.report import to_json, to_markdown
+
+    if args.replay:
+        if not os.path.exists(args.replay):
+            raise SystemExit(f"no such record: {args.replay} (records live in tests/data/hw/)")
+        res = replay_record(args.replay)
+        for f in res["failures"][:10]:
+            print("  MISMATCH", json.dumps(f))
+        print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
+        return 0 if res["mismatches"] == 0 else 1
+    if not _has_cuda():
+        print("crosscheck: no CUDA GPU here (torch.cuda.is_available() is False), so the kernels cannot run.\n"
+              "  To check the emulator against recorded GPU bits instead:\n"
+              "    crosscheck --replay tests/data/hw/attention_golden.npz", file=sys.stderr)
+        return 2
+    from crosscheck.cases import KINDS, suite
+    from crosscheck.record import save_record
+    from crosscheck.runner import crosscheck_config
+    from crosscheck.sides import Config
+    from gpu.probes.provenance import provenance
+
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise SystemExit(f"unknown case kinds {bad}; accepted: {', '.join(KINDS)}")
+    cases = suite(args.cases, seed=args.seed, kinds=kinds, dims=tuple(int(d) for d in args.dims.split(",")),
+                  max_len=args.max_len)
+    configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed)
+               for r in args.recipes.split(",") for f in args.fixes.split(",") for rd in args.roundings.split(",")]
+    prov = provenance()
+    report = {"provenance": prov, "configs": [], "cases_total": 0, "elements": 0, "mismatches": 0}
+    entries = []
+    keep = set(range(min(args.record_cases, len(cases)))) if args.record else None
+    for cfg in configs:
+        s = crosscheck_config(cases, cfg, dump_launch=not args.no_dump, workers=args.workers, keep=keep)
+        kept = s.pop("_kept", {})
+        for idx, kk in sorted(kept.items()):
+            entries.append({"case": kk["case"], "cfg": cfg, "q": kk["q"], "k": kk["k"], "v": kk["v"],
+                            "prod": kk["prod"], "dump": kk["dump"]})
+        report["configs"].append(s)
+        for launch in ("production", "dump"):
+            if launch in s:
+                report["cases_total"] += s[launch]["cases"]
+                report["elements"] += s[launch]["elements"]
+                report["mismatches"] += s[launch]["mismatches"]
+    if args.record:
+        os.makedirs(args.record, exist_ok=True)
+        path = os.path.join(args.record, "attention_golden.npz")
+        save_record(path, entries, prov)
+        report["record"] = path
+    md = to_markdown(report)
+    print(md)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        to_json(report, os.path.join(args.out, "crosscheck.json"))
+        with open(os.path.join(args.out, "crosscheck.md"), "w") as f:
+            f.write(md)
+    return 0 if report["mismatches"] == 0 else 1
+
+
+def _add_crosscheck_args(p):
+    p.add_argument("--cases", type=int, default=64, help="cases per configuration (default 64)")
+    p.add_argument("--kinds", help="comma-separated case kinds (default: all: random, ties, concentrated, "
+                                   "lowrank_v, inf_inputs, huge, subnormal, odd)")
+    p.add_argument("--recipes", default="fa2,paper", help="comma-separated recipes (default fa2,paper)")
+    p.add_argument("--fixes", default="none,paper", help="comma-separated fixes: none, paper (default both)")
+    p.add_argument("--roundings", default="rne,sr", help="P̄/output cast roundings: rne, sr (default both)")
+    p.add_argument("--dims", default="64,128", help="head dims to cycle through (default 64,128)")
+    p.add_argument("--max-len", type=int, default=260, help="longest sequence generated (default 260)")
+    p.add_argument("--seed", type=int, default=0, help="case generator seed and Philox key (default 0)")
+    p.add_argument("--workers", type=int, help="emulator processes (default: all cores)")
+    p.add_argument("--no-dump", action="store_true", help="only the production launch (no intermediates)")
+    p.add_argument("--out", help="directory for crosscheck.json and crosscheck.md")
+    p.add_argument("--record", metavar="DIR", help="save a golden record (inputs + GPU bits) into DIR")
+    p.add_argument("--record-cases", type=int, default=4, help="cases per configuration kept in the record")
+    p.add_argument("--replay", metavar="FILE", help="check a golden record on the CPU instead (no GPU needed)")
+    p.set_defaults(func=cmd_crosscheck)
+
+
+CROSSCHECK_DESC = """Run the Triton kernels and the emulator on the same inputs and compare every
+output (and, with the dump launch, every intermediate: m and l after each key
+block, the accumulator before the division) bit for bit.
+
+Cases: random; the bias regimes of MISSION.md (tied maxima, concentrated
+attention, same-sign low-rank V); adversarial (±inf inputs, huge logits,
+subnormal values, odd lengths, causal edges).  Output: match counts per
+configuration and tensor, the first mismatch located (tensor, index, stage,
+both bit patterns, ulps), JSON and Markdown with --out.  Exit status 0 when all
+bits agree, 1 on any mismatch, 2 without a GPU.
+
+Without a GPU: crosscheck --replay tests/data/hw/attention_golden.npz
+"""
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="flashbits",
+        description="Prove, bit for bit, where low-precision flash attention rounds with a bias and "
+                    "whether a fix removes it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Quick start: flashbits emulate --preset ties   (the biased regime of MISSION.md, on the CPU)")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("formats", help="print the table of number formats",
+                       description="Print every format flashbits knows: widths, bias, range, special values.")
+    p.set_defaults(func=cmd_formats)
+    p = sub.add_parser("emulate", help="run a recipe in the bit-exact CPU emulator and show the bias",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Run flash attention in the emulator on a preset case or .npz inputs; print "
+                                   "the error against the float64 reference, the signed bias of O in output "
+                                   "ulps (mean, standard error, t), and the rounding ledger per stage.",
+                       epilog="presets:\n" + "\n".join(f"  {k:<8} {v['doc']}" for k, v in PRESETS.items()))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=sorted(PRESETS), default="ties", help="named case (default ties)")
+    src.add_argument("--inputs", metavar="FILE.npz", help="q, k, v arrays of bf16 values")
+    p.add_argument("--recipe", choices=["fa2", "paper"], help="recipe (default: the preset's)")
+    p.add_argument("--fix", choices=["paper"], help="apply the paper's softmax fix")
+    p.add_argument("--eps", type=float, help="fix ε (default 1e-3)")
+    p.add_argument("--beta", type=float, help="fix β (default 2)")
+    p.add_argument("--rounding", choices=["rne", "rna", "rz", "ru", "rd", "sr"],
+                   help="rounding of the P̄ and output casts (default rne)")
+    p.add_argument("--override", action="append", metavar="STAGE:KEY=VALUE",
+                   help="stage override, repeatable: e.g. PV_cast:format=fp32, P_cast:rounding=sr, "
+                        "O_add_cast:accumulation=compensated")
+    p.add_argument("--causal", action="store_true", help="causal mask (top-left aligned)")
+    p.add_argument("--seed", type=int, help="Philox key (needed with sr)")
+    p.add_argument("--threads", type=int, help="CPU threads (default all)")
+    p.add_argument("--out", metavar="DIR", help="save inputs, outputs, ledger (emulate.npz, emulate.json)")
+    p.set_defaults(func=cmd_emulate)
+    p = sub.add_parser("crosscheck", help="compare the GPU kernels with the emulator bit for bit",
+                       description=CROSSCHECK_DESC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_crosscheck_args(p)
+    try:
+        from crosscheck.bias_cli import add_bias_parser
+    except ImportError:
+        pass
+    else:
+        add_bias_parser(sub)
+    return ap
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"flashbits {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def crosscheck_main(argv=None):
+    ap = argparse.ArgumentParser(prog="crosscheck", description=CROSSCHECK_DESC,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_crosscheck_args(ap)
+    args = ap.parse_args(argv)
+    args.command = "crosscheck"
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"crosscheck: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

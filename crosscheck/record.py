@@ -1,0 +1,72 @@
+"""Golden records of the kernels: inputs, configuration and raw GPU output bits.
+
+``save_record`` writes one ``.npz`` (inputs as bf16 codes, GPU outputs as raw
+bits, case and config as JSON, provenance); ``replay_record`` recomputes every
+entry with the emulator on the CPU and compares bit for bit — how the GPU's
+truth reaches a CI without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from emulator import from_bits, to_bits
+
+from .cases import Case
+from .compare import ORDER, compare_sides
+from .sides import Config, emulator_side
+
+
+def save_record(path: str, entries: list[dict], provenance: dict) -> None:
+    """entries: dicts with case (Case), cfg (Config), q, k, v (bf16 values), prod, dump (sides)."""
+    arrays = {"provenance": np.array(json.dumps(provenance)), "n": np.int64(len(entries))}
+    for i, e in enumerate(entries):
+        arrays[f"e{i}_case"] = np.array(json.dumps(e["case"].to_dict()))
+        arrays[f"e{i}_config"] = np.array(json.dumps(e["cfg"].to_dict()))
+        for t in ("q", "k", "v"):
+            arrays[f"e{i}_{t}"] = to_bits(e[t], "bf16")
+        for launch in ("prod", "dump"):
+            for name, bits in (e.get(launch) or {}).items():
+                arrays[f"e{i}_{launch}_{name}"] = bits
+    np.savez_compressed(path, **arrays)
+
+
+def load_record(path: str):
+    z = np.load(path)
+    prov = json.loads(str(z["provenance"]))
+    entries = []
+    for i in range(int(z["n"])):
+        case = Case(**json.loads(str(z[f"e{i}_case"])))
+        cfg = Config(**json.loads(str(z[f"e{i}_config"])))
+        ent = {"case": case, "cfg": cfg}
+        for t in ("q", "k", "v"):
+            ent[t] = from_bits(z[f"e{i}_{t}"], "bf16")
+        for launch in ("prod", "dump"):
+            pre = f"e{i}_{launch}_"
+            side = {key[len(pre):]: z[key] for key in z.files if key.startswith(pre)}
+            ent[launch] = side or None
+        entries.append(ent)
+    return entries, prov
+
+
+def replay_record(path: str, log=print) -> dict:
+    """Emulate every entry of a record and compare with its GPU bits."""
+    entries, prov = load_record(path)
+    res = {"record": path, "provenance": prov, "entries": len(entries), "elements": 0, "mismatches": 0,
+           "failures": []}
+    for e in entries:
+        emu = emulator_side(e["q"], e["k"], e["v"], e["case"].causal, e["cfg"], dump=True)
+        for launch in ("prod", "dump"):
+            if e[launch] is None:
+                continue
+            r = compare_sides(emu, e[launch], tuple(t for t in ORDER if t in e[launch]))
+            res["elements"] += r["elements"]
+            res["mismatches"] += r["mismatches"]
+            if r["mismatches"]:
+                res["failures"].append({"case": e["case"].name, "config": e["cfg"].name, "launch": launch,
+                                        **(r["first_mismatch"] or {})})
+    log(f"replayed {res['entries']} entries of {path}: {res['elements']} elements, "
+        f"{res['mismatches']} mismatching")
+    return res

@@ -1,0 +1,99 @@
+"""Run many cases through the GPU kernels and the emulator and compare every bit.
+
+The GPU side runs in this process, one launch per case and launch kind
+(production: no dumps; dump: intermediates stored too).  The emulator side runs
+in a pool of worker processes (one numba thread each), so a 16-core GPU host
+checks thousands of cases in minutes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from .cases import Case, generate
+from .compare import compare_sides
+from .sides import Config, emulator_side, gpu_side
+
+
+def _init_worker():
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def _emu_task(args):
+    case, cfg = args
+    q, k, v = generate(case)
+    return emulator_side(q, k, v, case.causal, cfg, dump=True)
+
+
+def emulate_many(cases, cfg, workers: int | None = None):
+    """Emulator sides of ``cases`` under ``cfg``, in parallel processes."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(cases) < 4:
+        return [_emu_task((c, cfg)) for c in cases]
+    # compile (and cache) the kernels once here, so the workers only load them
+    first = _emu_task((cases[0], cfg))
+    # spawn, not fork: the parent already runs OpenMP/CUDA threads (torch, numba)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx) as ex:
+        rest = ex.map(_emu_task, [(c, cfg) for c in cases[1:]], chunksize=max(1, len(cases) // (4 * workers)))
+        return [first] + list(rest)
+
+
+def crosscheck_config(cases: list[Case], cfg: Config, *, dump_launch: bool = True, workers=None, log=print,
+                      keep=None) -> dict:
+    """Compare GPU and emulator on every case for one configuration.
+
+    Returns a JSON-able summary: per launch kind, cases, elements, mismatches,
+    per-tensor counts, the first mismatching case located.  ``keep`` (a set of
+    case indices) returns those cases' inputs and GPU sides for a golden record.
+    """
+    t0 = time.time()
+    gpu_prod, gpu_dump, kept = [], [], {}
+    for i, c in enumerate(cases):
+        q, k, v = generate(c)
+        gpu_prod.append(gpu_side(q, k, v, c.causal, cfg, dump=False))
+        if dump_launch:
+            gpu_dump.append(gpu_side(q, k, v, c.causal, cfg, dump=True))
+        if keep and i in keep:
+            kept[i] = {"case": c, "q": q, "k": k, "v": v, "prod": gpu_prod[-1],
+                       "dump": gpu_dump[-1] if dump_launch else None}
+    t_gpu = time.time() - t0
+    emu = emulate_many(cases, cfg, workers)
+    t_emu = time.time() - t0 - t_gpu
+    summary = {"config": cfg.to_dict(), "name": cfg.name, "cases": len(cases),
+               "seconds_gpu": round(t_gpu, 1), "seconds_emulator": round(t_emu, 1)}
+    for launch, sides, tensors in (("production", gpu_prod, ("m", "l", "out")),
+                                   ("dump", gpu_dump, ("m_blocks", "l_blocks", "acc", "m", "l", "out"))):
+        if not sides:
+            continue
+        tot = {"cases": 0, "cases_mismatching": 0, "elements": 0, "mismatches": 0, "tensors": {},
+               "first_mismatch": None, "by_kind": {}}
+        for c, e, g in zip(cases, emu, sides):
+            r = compare_sides(e, g, tensors)
+            tot["cases"] += 1
+            tot["elements"] += r["elements"]
+            tot["mismatches"] += r["mismatches"]
+            bk = tot["by_kind"].setdefault(c.kind, [0, 0])
+            bk[0] += 1
+            if r["mismatches"]:
+                tot["cases_mismatching"] += 1
+                bk[1] += 1
+                if tot["first_mismatch"] is None:
+                    tot["first_mismatch"] = {"case": c.name, **r["first_mismatch"]}
+            for name, t in r["tensors"].items():
+                acc = tot["tensors"].setdefault(name, {"elements": 0, "mismatches": 0})
+                acc["elements"] += t["elements"]
+                acc["mismatches"] += t["mismatches"]
+        summary[launch] = tot
+        log(f"{cfg.name} [{launch}] {tot['cases']} cases, {tot['elements']} elements, "
+            f"{tot['mismatches']} mismatching ({tot['cases_mismatching']} cases)")
+    if keep is not None:
+        summary["_kept"] = kept
+    return summary

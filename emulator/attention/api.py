@@ -1,0 +1,306 @@
+"""``flash_attention`` and ``reference_attention``: the emulator's public entry points."""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from ..formats import FORMATS, get_format
+from ..hw.sfu import load_exp2_tables
+from ..hw.tensor_core import TC_MODELS, decode_operands
+from ..philox import seed_to_u64
+from ..rounding import RoundMode, _round_array, layout, quantize, target
+from . import kernel as K
+from .ledger import NF, RoundingLedger
+from .recipes import Fix, Recipe, get_fix, get_recipe
+
+__all__ = ["flash_attention", "reference_attention", "AttentionResult", "stage_seed", "MAX_HEAD_DIM"]
+
+MAX_HEAD_DIM = 256
+INPUT_FORMAT = "bf16"
+
+
+@dataclass
+class AttentionResult:
+    """What :func:`flash_attention` returns.
+
+    out : output values (float32 array holding values of the output format),
+          shape of q.
+    lse : log-sum-exp per row in nats (float64), from the final m and l:
+          fa2: m·ln 2 + ln l (m is in the log2 domain); paper: m + ln l.
+    m, l : the final running max and row sum per row, as the kernel keeps them.
+    ledger : the :class:`RoundingLedger` (``record=True``), else None.
+    m_blocks, l_blocks : m and l after each visited key block, (..., rows,
+          blocks) — NaN where a row visits fewer blocks (``record`` or ``dump``).
+    acc : the accumulator before the final division (fa2: fp32 acc; paper: the
+          bf16 running output), shape of out (``record`` or ``dump``).
+    """
+
+    out: np.ndarray
+    lse: np.ndarray
+    m: np.ndarray
+    l: np.ndarray
+    recipe: Recipe
+    fix: Fix | None
+    ledger: RoundingLedger | None = None
+    m_blocks: np.ndarray | None = None
+    l_blocks: np.ndarray | None = None
+    acc: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """The Philox key of a stage's stochastic rounding: the user's seed XOR a
+    per-stage salt (crc32 of the stage name in bits 40..55), as an int64.
+    The Triton kernels pass exactly this to ``tl.randint``."""
+    s = int(seed_to_u64(seed)) ^ ((zlib.crc32(stage.encode()) & 0xFFFF) << 40)
+    return s - (1 << 64) if s >= (1 << 63) else s
+
+
+def _as_4d(x, name):
+    arr = np.asarray(x)
+    if arr.dtype.kind == "V" or str(arr.dtype) in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float16"):
+        arr = arr.astype(np.float32)
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be a float32/float64 (or ml_dtypes bfloat16) array of bf16 values, "
+                        f"got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        return arr[None, None], True
+    if arr.ndim == 4:
+        return arr, False
+    raise ValueError(f"{name} must have shape (batch, heads, seq, dim) or (seq, dim); got {arr.shape}")
+
+
+def _check_inputs(q, k, v):
+    q4, squeeze = _as_4d(q, "q")
+    k4, _ = _as_4d(k, "k")
+    v4, _ = _as_4d(v, "v")
+    if not (q4.ndim == k4.ndim == v4.ndim) or (np.ndim(q) != np.ndim(k) or np.ndim(q) != np.ndim(v)):
+        raise ValueError(f"q, k, v must all be 2-D or all 4-D; got {np.shape(q)}, {np.shape(k)}, {np.shape(v)}")
+    B, H, Nq, D = q4.shape
+    if k4.shape[:2] != (B, H) or v4.shape[:2] != (B, H):
+        raise ValueError(f"batch and heads must agree: q {q4.shape}, k {k4.shape}, v {v4.shape}")
+    if k4.shape[2] != v4.shape[2]:
+        raise ValueError(f"k and v must have the same sequence length; got {k4.shape[2]} and {v4.shape[2]}")
+    if k4.shape[3] != D or v4.shape[3] != D:
+        raise ValueError(f"q, k and v must have the same head dim; got {D}, {k4.shape[3]}, {v4.shape[3]}")
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} is not supported; the emulator accepts 1..{MAX_HEAD_DIM} "
+                         "(the GPU kernels accept 64 and 128)")
+    if Nq < 1 or k4.shape[2] < 1:
+        raise ValueError(f"sequence lengths must be >= 1; got q {Nq}, k {k4.shape[2]}")
+    for name, a in (("q", q4), ("k", k4), ("v", v4)):
+        a32 = a.astype(np.float32)
+        if a.dtype == np.float64 and not np.array_equal(a32.astype(np.float64), a, equal_nan=True):
+            raise ValueError(f"{name} holds values that are not float32, let alone bf16; "
+                             f"round them first: emulator.quantize({name}, 'bf16')")
+        bad = quantize(a32, INPUT_FORMAT, "rne")
+        same = (bad.view(np.uint32) == a32.view(np.uint32)) | (np.isnan(bad) & np.isnan(a32))
+        if not same.all():
+            raise ValueError(f"{int((~same).sum())} values of {name} are not representable in "
+                             f"{INPUT_FORMAT}; round them first: emulator.quantize({name}, '{INPUT_FORMAT}')")
+    return q4.astype(np.float32), k4.astype(np.float32), v4.astype(np.float32), squeeze
+
+
+def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
+    plan = np.zeros((len(recipe.stages), K.PLAN_COLS), np.int64)
+    needs_seed = []
+    for idx, st in enumerate(recipe.stages.values()):
+        fmt = st.format
+        if fp64:
+            fmt = "fp64"
+        elif fmt in ("same_as_P", "same_as_acc"):
+            fmt = "fp32"
+        f = get_format(fmt)
+        t = target(f)
+        plan[idx, K.P_MANT:K.P_HASINF + 1] = t
+        mode = RoundMode.parse(st.rounding) if not fp64 else RoundMode.rne
+        plan[idx, K.P_MODE] = int(mode)
+        plan[idx, K.P_RBITS] = st.rand_bits
+        plan[idx, K.P_SAT] = 1 if f.name.startswith("fp8") else 0
+        if mode == RoundMode.sr:
+            needs_seed.append(st.name)
+            if seed is not None:
+                plan[idx, K.P_SEED] = np.int64(stage_seed(seed, st.name))
+    if needs_seed and seed is None:
+        raise ValueError(f"stages {needs_seed} round stochastically: pass seed=<int> (the Philox key; "
+                         "the same seed reproduces the run here and on the GPU)")
+    return plan
+
+
+def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, block_m=None,
+                    block_n=None, rounding=None, overrides=None, seed=None, record=False, dump=False,
+                    eps=None, beta=None, precision="hw", threads=None) -> AttentionResult:
+    """Flash attention, forward, exactly as the recipe's arithmetic does it.
+
+    q, k, v : (batch, heads, seq, dim) or (seq, dim) arrays of bf16 values
+        (float32/float64 holding bf16 values, or ml_dtypes.bfloat16).  q and k
+        lengths may differ; any lengths (no multiple of the block needed).
+    recipe : ``fa2`` | ``paper`` | a :class:`Recipe` (stage plan + tiles).
+    fix : None | ``paper`` | :class:`Fix`; ``eps``/``beta`` set its parameters.
+    causal : mask keys j > i (top-left aligned, as torch's ``is_causal``).
+    scale : softmax scale (default 1/sqrt(dim)).
+    block_m, block_n : tile overrides.
+    rounding : shorthand for the P̄ and output casts' rounding (``rne``/``sr``/…).
+    overrides : {stage: {format, rounding, accumulation, rand_bits}} (stage ablation).
+    seed : Philox key for every ``sr`` stage (required if any stage uses sr).
+    record : keep the rounding ledger and the per-block intermediates.
+    dump : keep the intermediates (m, l per block; acc) without the ledger.
+    precision : ``hw`` (hardware models) or ``fp64`` (every stage and unit in
+        IEEE float64: tiling and the fix change nothing in exact math, so this
+        equals :func:`reference_attention` to about 1e-15).
+    threads : numba threads (default: all cores).
+
+    NaN and inf inputs propagate as the GPU's units propagate them (the
+    tensor-core and MUFU models include their special-value rules; PTX max
+    ignores NaN); a row whose scores are all NaN gives NaN.
+    """
+    rec = get_recipe(recipe)
+    tiles = {}
+    if block_m is not None:
+        tiles["block_m"] = int(block_m)
+    if block_n is not None:
+        tiles["block_n"] = int(block_n)
+    ov = dict(overrides or {})
+    if rounding is not None:
+        for st in ("P_cast", "O_cast"):
+            ov.setdefault(st, {})
+            ov[st] = {**ov[st], "rounding": rounding}
+    if ov or tiles:
+        rec = rec.with_overrides(ov, **tiles)
+    fx = get_fix(fix, eps, beta)
+    if precision not in ("hw", "fp64"):
+        raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
+    fp64 = precision == "fp64"
+    q4, k4, v4, squeeze = _check_inputs(q, k, v)
+    B, H, Nq, D = q4.shape
+    Nk = k4.shape[2]
+    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not (math.isfinite(sc) and sc > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    bn = rec.block_n
+    nblk = (Nk + bn - 1) // bn
+    nk_pad = nblk * bn
+    BH = B * H
+    qf = q4.reshape(BH, Nq, D)
+    kT = np.ascontiguousarray(k4.reshape(BH, Nk, D).transpose(0, 2, 1))
+    vf = np.zeros((BH, nk_pad, D), np.float32)
+    vf[:, :Nk] = v4.reshape(BH, Nk, D)
+
+    plan = _plan(rec, fp64, seed)
+    stages = list(rec.stages)
+    nthreads = threads or numba.config.NUMBA_NUM_THREADS
+    prev = numba.get_num_threads()
+    numba.set_num_threads(nthreads)
+    try:
+        nch = max(1, min(BH * Nq, 8 * nthreads))
+        ledgers = np.zeros((nch, len(stages), NF))
+        # P̄·V operand format; V is cast to it when it differs from the input's
+        pfmt = rec.stages["P_cast"].format if not fp64 else "fp64"
+        vcast = not fp64 and pfmt != INPUT_FORMAT and pfmt != "fp32"
+        if vcast:
+            st_v = stages.index("V_cast") if "V_cast" in stages else None
+            vq = quantize(vf, pfmt, "rne", saturate=pfmt.startswith("fp8"))
+            if record and st_v is not None:
+                _ledger_cast(vf, pfmt, ledgers[0], st_v)
+            vf = vq
+        tc_in = INPUT_FORMAT
+        tcm_q = TC_MODELS["sm90"][tc_in]
+        v_fmt = pfmt if vcast else INPUT_FORMAT
+        if not fp64 and v_fmt not in TC_MODELS["sm90"]:
+            raise ValueError(f"P̄·V operand format {v_fmt!r} has no tensor-core model; "
+                             f"accepted: {', '.join(TC_MODELS['sm90'])}")
+        tcm_v = TC_MODELS["sm90"][v_fmt] if not fp64 else tcm_q
+        fq = get_format(tc_in)
+        fv = get_format(v_fmt if not fp64 else tc_in)
+        tcq = (tcm_q.k_step, tcm_q.frac_bits, tcm_q.sum_frac_bits, fq.mant_bits)
+        tcv = (tcm_v.k_step, tcm_v.frac_bits, tcm_v.sum_frac_bits, fv.mant_bits)
+        q_s, q_e, q_p = decode_operands(qf, tc_in)
+        k_s, k_e, k_p = decode_operands(kT, tc_in)
+        v_s, v_e, v_p = decode_operands(vf, fv.name)
+        tpos, tneg, _ = load_exp2_tables("sm90")
+        out = np.empty((BH, Nq, D))
+        m_out = np.empty((BH, Nq))
+        l_out = np.empty((BH, Nq))
+        keep = record or dump
+        acc = np.full((BH, Nq, D) if keep else (1, 1, 1), np.nan)
+        mblk = np.full((BH, Nq, nblk) if keep else (1, 1, 1), np.nan)
+        lblk = np.full((BH, Nq, nblk) if keep else (1, 1, 1), np.nan)
+        arith = target(FORMATS["fp64" if fp64 else "fp32"])
+        common = (qf.astype(np.float64), q_s, q_e, q_p, kT.astype(np.float64), k_s, k_e, k_p,
+                  vf.astype(np.float64), v_s, v_e, v_p, Nk, bool(causal), rec.block_m, bn)
+        if rec.name == "fa2" or "x" in rec.stages:
+            c = float(np.float32(sc * 1.4426950408889634)) if not fp64 else sc * 1.4426950408889634
+            eps2 = (float(np.float32(fx.eps * 1.4426950408889634)) if not fp64 else fx.eps * 1.4426950408889634) \
+                if fx else 0.0
+            K.fa2_rows(*common, c, fx is not None, eps2, float(fx.beta) if fx else 1.0,
+                       plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
+                       arith, out, m_out, l_out, acc, mblk, lblk, ledgers)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lse = m_out * math.log(2.0) + np.log(l_out)
+        else:
+            s32 = float(np.float32(sc)) if not fp64 else sc
+            e32 = (float(np.float32(fx.eps)) if not fp64 else fx.eps) if fx else 0.0
+            K.paper_rows(*common, s32, fx is not None, e32, float(fx.beta) if fx else 1.0,
+                         plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
+                         arith, rec.stages["l_add_cast"].accumulation == "compensated",
+                         rec.stages["O_add_cast"].accumulation == "compensated",
+                         out, m_out, l_out, acc, mblk, lblk, ledgers)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lse = m_out + np.log(l_out)
+    finally:
+        numba.set_num_threads(prev)
+
+    shape4 = (B, H, Nq, D)
+    odt = np.float64 if fp64 else np.float32
+
+    def shp(a, last):
+        a = a.reshape((B, H, Nq) + ((last,) if last else ()))
+        return a[0, 0] if squeeze else a
+
+    res = AttentionResult(
+        out=shp(out.astype(odt), D), lse=shp(lse, None), m=shp(m_out, None), l=shp(l_out, None),
+        recipe=rec, fix=fx,
+        info={"scale": sc, "causal": bool(causal), "precision": precision, "shape": shape4, "Nk": Nk,
+              "blocks": nblk})
+    if record:
+        res.ledger = RoundingLedger(stages, ledgers.sum(axis=0), {s.name: s.kind for s in rec.stages.values()})
+    if keep:
+        res.m_blocks = shp(mblk, nblk)
+        res.l_blocks = shp(lblk, nblk)
+        res.acc = shp(acc, D)
+    return res
+
+
+def _ledger_cast(values: np.ndarray, fmt: str, L: np.ndarray, st: int):
+    """Ledger entries of casting ``values`` (float32) to ``fmt`` (RNE, satfinite for fp8)."""
+    K.ledger_cast_f32(np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint32),
+                      target(get_format(fmt)), 1 if fmt.startswith("fp8") else 0, L, st)
+
+
+def reference_attention(q, k, v, *, causal=False, scale=None):
+    """softmax(Q·Kᵀ·scale)·V in float64 (numerically stable), same shapes and
+    masks as :func:`flash_attention`.  Returns (out float64, lse float64 in nats)."""
+    q4, squeeze = _as_4d(q, "q")
+    k4, _ = _as_4d(k, "k")
+    v4, _ = _as_4d(v, "v")
+    q4, k4, v4 = (a.astype(np.float64) for a in (q4, k4, v4))
+    B, H, Nq, D = q4.shape
+    Nk = k4.shape[2]
+    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    s = np.einsum("bhid,bhjd->bhij", q4, k4) * sc
+    if causal:
+        mask = np.arange(Nk)[None, :] > np.arange(Nq)[:, None]
+        s = np.where(mask, -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    p = np.exp(s - m)
+    l = p.sum(axis=-1, keepdims=True)
+    out = np.einsum("bhij,bhjd->bhid", p, v4) / l
+    lse = (m + np.log(l))[..., 0]
+    if squeeze:
+        return out[0, 0], lse[0, 0]
+    return out, lse

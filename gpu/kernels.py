@@ -1,0 +1,177 @@
+"""Triton forward kernels of the ``fa2`` and ``paper`` recipes (docs/recipes.md).
+
+Each kernel is the recipe's op sequence, written so that the compiled code
+performs exactly the roundings the emulator models:
+
+* ``tl.dot`` → wgmma chains (bf16, fp32 accumulator);
+* ``tl.math.exp2`` → ``ex2.approx.ftz.f32`` (fa2); ``tl.exp`` → multiply by
+  fl32(log2 e) then ``ex2.approx.f32`` (paper);
+* ``x * c - m`` → ``fma.rn.f32(x, c, −m)``; ``l * α + l_blk`` → fma; ``acc * α``
+  → ``mul.rn.f32`` (NVPTX contraction, checked in the PTX by the tests);
+* ``tl.sum`` over the wgmma accumulator layout → the lane-tree order;
+* ``tl.math.div_rn`` → ``div.rn.f32`` (IEEE);
+* ``.to(tl.bfloat16)`` → ``cvt.rn.bf16.f32``; stochastic rounding adds the top
+  16 bits of ``tl.randint(seed, offset)`` below the kept bits and truncates.
+
+``DUMP`` (constexpr) also stores m and l after every key block and the
+accumulator before the division; the production launch (``DUMP=False``) must
+give the same bits (crosscheck checks both).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sr_bf16(x, seed, offs):
+    """fp32 → bf16 with stochastic rounding: add the top 16 bits of
+    tl.randint(seed, offs) below bit 16 of the magnitude, truncate.  NaN stays
+    NaN (as cvt.rn.bf16.f32 writes it)."""
+    r = tl.randint(seed, offs)
+    bits = x.to(tl.uint32, bitcast=True)
+    y = ((bits + (r >> 16)) >> 16).to(tl.uint16)
+    return tl.where(x != x, x.to(tl.bfloat16), y.to(tl.bfloat16, bitcast=True))
+
+
+@triton.jit
+def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
+             sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+             H, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, seed_o,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             CAUSAL, FIX: tl.constexpr, P_SR: tl.constexpr, O_SR: tl.constexpr,
+             DUMP: tl.constexpr):
+    tl.static_assert(BLOCK_N % 16 == 0)
+    tl.static_assert(HEAD_DIM % 16 == 0)
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Nq
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # CAUSAL is a runtime flag (0/1): fewer compiled variants, same arithmetic
+    hi = Nk
+    if CAUSAL != 0:
+        hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M)
+    for jb in range(0, (hi + BLOCK_N - 1) // BLOCK_N):
+        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = offs_n < Nk
+        kT = tl.load(K + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                     mask=key_ok[None, :], other=0.0)
+        qk = tl.dot(q, kT)
+        valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+        qk = tl.where(valid, qk, float("-inf"))
+        bm = tl.max(qk, 1) * qk_scale
+        if FIX:
+            thr = bm - eps2
+            hit = valid & ((qk * qk_scale) >= thr[:, None])
+            n = tl.sum(hit.to(tl.int32), 1)
+            bm = tl.where((n > 1) & (bm > 0), bm * beta, bm)
+            bm = tl.where((n > 1) & (bm < 0), 0.0, bm)
+        m_new = tl.maximum(m_i, bm)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        l_blk = tl.sum(p, 1)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + l_blk
+        acc = acc * alpha[:, None]
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                    mask=key_ok[:, None], other=0.0)
+        if P_SR:
+            pb = _sr_bf16(p, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
+        else:
+            pb = p.to(tl.bfloat16)
+        acc = tl.dot(pb, v, acc)
+        m_i = m_new
+        if DUMP:
+            tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
+            tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
+    if DUMP:
+        tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+    o = tl.math.div_rn(acc, l_i[:, None])
+    if O_SR:
+        ob = _sr_bf16(o, seed_o, (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
+    else:
+        ob = o.to(tl.bfloat16)
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, ob, mask=row_ok[:, None])
+    tl.store(M + bh * Nq + offs_m, m_i, mask=row_ok)
+    tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
+
+
+@triton.jit
+def _paper_fwd(Q, K, V, O, M, L, MB, LB, ACC,
+               sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+               H, Nq, Nk, NBLK, scale, eps, beta, seed_p, seed_o,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               CAUSAL, FIX: tl.constexpr, P_SR: tl.constexpr, O_SR: tl.constexpr,
+               DUMP: tl.constexpr):
+    """Every tensor bf16 (values kept in fp32 registers between bf16 casts)."""
+    tl.static_assert(BLOCK_N % 16 == 0)
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < Nq
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    o_i = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # CAUSAL is a runtime flag (0/1): fewer compiled variants, same arithmetic
+    hi = Nk
+    if CAUSAL != 0:
+        hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M)
+    for jb in range(0, (hi + BLOCK_N - 1) // BLOCK_N):
+        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = offs_n < Nk
+        kT = tl.load(K + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
+                     mask=key_ok[None, :], other=0.0)
+        s = tl.dot(q, kT).to(tl.bfloat16).to(tl.float32)
+        s = (s * scale).to(tl.bfloat16).to(tl.float32)
+        valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+        s = tl.where(valid, s, float("-inf"))
+        bm = tl.max(s, 1)
+        if FIX:
+            thr = (bm - eps).to(tl.bfloat16).to(tl.float32)
+            n = tl.sum((valid & (s >= thr[:, None])).to(tl.int32), 1)
+            bm = tl.where((n > 1) & (bm > 0), (bm * beta).to(tl.bfloat16).to(tl.float32), bm)
+            bm = tl.where((n > 1) & (bm < 0), 0.0, bm)
+        m_new = tl.maximum(m_i, bm)
+        d = (s - m_new[:, None]).to(tl.bfloat16).to(tl.float32)
+        pe = tl.exp(d)
+        if P_SR:
+            p = _sr_bf16(pe, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
+        else:
+            p = pe.to(tl.bfloat16)
+        lb = tl.sum(p.to(tl.float32), 1).to(tl.bfloat16).to(tl.float32)
+        a = (m_i - m_new).to(tl.bfloat16).to(tl.float32)
+        alpha = tl.exp(a).to(tl.bfloat16).to(tl.float32)
+        l_i = (alpha * l_i).to(tl.bfloat16).to(tl.float32)
+        l_i = (l_i + lb).to(tl.bfloat16).to(tl.float32)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
+                    mask=key_ok[:, None], other=0.0)
+        pv = tl.dot(p, v).to(tl.bfloat16).to(tl.float32)
+        o_i = (alpha[:, None] * o_i).to(tl.bfloat16).to(tl.float32)
+        o_i = (o_i + pv).to(tl.bfloat16).to(tl.float32)
+        m_i = m_new
+        if DUMP:
+            tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
+            tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
+    if DUMP:
+        tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], o_i, mask=row_ok[:, None])
+    o = tl.math.div_rn(o_i, l_i[:, None])
+    if O_SR:
+        ob = _sr_bf16(o, seed_o, (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
+    else:
+        ob = o.to(tl.bfloat16)
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, ob, mask=row_ok[:, None])
+    tl.store(M + bh * Nq + offs_m, m_i, mask=row_ok)
+    tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
