@@ -68,11 +68,12 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
 
 def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, rounding=None,
                     seed=None, dump=False, eps=None, beta=None, block_m=None, block_n=None,
-                    num_warps=None) -> GpuAttentionResult:
+                    num_warps=None, num_stages=2) -> GpuAttentionResult:
     """Forward attention on the GPU with the recipe's arithmetic (bit-identical to the emulator).
 
     q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and
-    k lengths may differ.  Other arguments as :func:`emulator.flash_attention`.
+    k lengths may differ.  Other arguments as :func:`emulator.flash_attention`;
+    ``num_stages`` (software pipelining depth) changes speed, never bits.
     """
     torch = _require_torch()
     import triton
@@ -148,7 +149,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
                H, Nq, Nk, nblk, a0, a1, a2, seed_p, seed_o,
                HEAD_DIM=D, BLOCK_M=rec.block_m, BLOCK_N=rec.block_n, CAUSAL=int(bool(causal)),
                FIX=flags["FIX"], P_SR=flags["P_SR"], O_SR=flags["O_SR"], DUMP=bool(dump),
-               num_warps=rec.num_warps, num_stages=2)
+               num_warps=rec.num_warps, num_stages=num_stages)
     if rec.name == "fa2":
         lse = m * math.log(2.0) + torch.log(l)
     else:

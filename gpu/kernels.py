@@ -35,7 +35,12 @@ def _sr_bf16(x, seed, offs):
     return tl.where(x != x, x.to(tl.bfloat16), y.to(tl.bfloat16, bitcast=True))
 
 
-@triton.jit
+# Lengths, flags and seeds vary per call: specialising on them (== 1, % 16)
+# would recompile for every length; the arithmetic does not depend on it.
+_NO_SPEC = ["H", "Nq", "Nk", "NBLK", "CAUSAL", "seed_p", "seed_o"]
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
              H, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, seed_o,
@@ -104,7 +109,7 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPEC)
 def _paper_fwd(Q, K, V, O, M, L, MB, LB, ACC,
                sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
                H, Nq, Nk, NBLK, scale, eps, beta, seed_p, seed_o,

@@ -1,0 +1,92 @@
+"""Forward-attention throughput on the GPU, every kernel measured in one run.
+
+    PYTHONPATH=. python -m gpu.bench [--quick]
+
+B=8, H=16, N=4096, D=128, bf16, causal and not: the fa2 kernel (tile variants,
+without and with the paper fix) against FlexAttention (torch.compile, Triton
+generated) and torch's SDPA flash and cuDNN backends.  Medians of
+triton.testing.do_bench; FLOPs = 4·B·H·N²·D (half of that causal).  Prints a
+table and the ratios against FlexAttention measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--B", type=int, default=8)
+    ap.add_argument("--H", type=int, default=16)
+    ap.add_argument("--N", type=int, default=4096)
+    ap.add_argument("--D", type=int, default=128)
+    ap.add_argument("--variants", default="128x64w8s2,128x64w8s3,128x64w8s4,64x64w4s3",
+                    help="fa2 tile variants BMxBNwWARPSsSTAGES")
+    ap.add_argument("--json", help="write the numbers here")
+    args = ap.parse_args(argv)
+
+    import torch
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from gpu import flash_attention
+
+    B, H, N, D = args.B, args.H, args.N, args.D
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flex = torch.compile(flex_attention)
+    rows = []
+
+    def bench(name, fn, causal):
+        try:
+            fn()
+            torch.cuda.synchronize()
+            ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+        except Exception as e:  # noqa: BLE001 - a backend may be unavailable; say so
+            rows.append({"kernel": name, "causal": causal, "error": repr(e)[:200]})
+            print(f"{name:<34}{'causal' if causal else 'full':<8} unavailable: {repr(e)[:120]}", flush=True)
+            return
+        flops = 4 * B * H * N * N * D * (0.5 if causal else 1.0)
+        tf = flops / ms * 1e-9
+        rows.append({"kernel": name, "causal": causal, "ms": ms, "tflops": tf})
+        print(f"{name:<34}{'causal' if causal else 'full':<8}{ms:9.3f} ms {tf:8.1f} TFLOP/s", flush=True)
+
+    for causal in (False, True):
+        bm = create_block_mask(lambda b, h, qi, ki: qi >= ki, B, H, N, N) if causal else None
+        bench("flex_attention (torch.compile)", lambda: flex(q, k, v, block_mask=bm), causal)
+        for be, nm in ((SDPBackend.FLASH_ATTENTION, "sdpa flash"), (SDPBackend.CUDNN_ATTENTION, "sdpa cudnn")):
+            def f(be=be):
+                with sdpa_kernel(be):
+                    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+            bench(nm, f, causal)
+        for var in args.variants.split(","):
+            bmn, rest = var.split("w")
+            bmv, bnv = (int(x) for x in bmn.split("x"))
+            w, s = (int(x) for x in rest.split("s"))
+            for fix in (None, "paper"):
+                bench(f"fa2 {var}{' +fix' if fix else ''}",
+                      lambda bmv=bmv, bnv=bnv, w=w, s=s, fix=fix: flash_attention(
+                          q, k, v, causal=causal, fix=fix, block_m=bmv, block_n=bnv, num_warps=w, num_stages=s),
+                      causal)
+    print()
+    for causal in (False, True):
+        base = next((r for r in rows if r["kernel"].startswith("flex") and r["causal"] == causal and "ms" in r), None)
+        if base:
+            for r in rows:
+                if r["causal"] == causal and "ms" in r:
+                    r["vs_flex"] = base["ms"] / r["ms"]
+    print(f"{'kernel':<34}{'mask':<8}{'TFLOP/s':>9}{'vs flex':>9}")
+    for r in rows:
+        if "ms" in r:
+            print(f"{r['kernel']:<34}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"shape": [B, H, N, D], "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
