@@ -19,8 +19,8 @@ KINDS = ("random", "ties", "concentrated", "lowrank_v", "inf_inputs", "huge", "s
 
 KIND_DOCS = {
     "random": "q, k, v ~ N(0, 1)",
-    "ties": "two tied maxima per row (identical keys, one key block), the rest `gap` nats lower; "
-            "V mostly negative (−|N(0.5, 0.3)|)",
+    "ties": "`ties` (default two) tied maxima per row (identical keys, one key block), the rest `gap` "
+            "nats lower; V mostly negative (−|N(0.5, 0.3)|)",
     "concentrated": "one key dominates each row by ~gap nats; V same-sign",
     "lowrank_v": "same-sign rank-1 V plus small noise; keys similar (low rank)",
     "inf_inputs": "a few ±inf entries in q and k: scores of ±inf and NaN",
@@ -45,6 +45,7 @@ class Case:
     causal: bool
     seed: int
     gap: float = 10.0
+    ties: int = 2
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -54,6 +55,8 @@ class Case:
     def name(self) -> str:
         c = "causal" if self.causal else "full"
         g = f"-gap{self.gap:g}" if self.kind in ("ties", "concentrated") else ""
+        if self.kind == "ties" and self.ties != 2:
+            g += f"-ties{self.ties}"
         return f"{self.kind}{g}-B{self.B}H{self.H}-q{self.Nq}k{self.Nk}d{self.D}-{c}-s{self.seed}"
 
     def to_dict(self) -> dict:
@@ -89,10 +92,10 @@ def generate(case: Case):
         drop = case.gap / (sc * a) if kind != "lowrank_v" else rng.uniform(0, 3.0, size=(B, H, Nk)) / (sc * a)
         k = (b_top - np.broadcast_to(drop, (B, H, Nk)))[..., None] * e + 0.002 * rng.standard_normal((B, H, Nk, D))
         if kind == "ties" and Nk >= 2:
-            t1 = int(rng.integers(0, min(Nk, 64)))
-            t2 = (t1 + 1 + int(rng.integers(0, min(Nk, 64) - 1))) % min(Nk, 64) if min(Nk, 64) > 1 else t1
-            k[:, :, t1] = b_top * e
-            k[:, :, t2] = k[:, :, t1]  # identical keys: exactly tied scores
+            # identical keys inside the first key block: exactly tied scores
+            pos = rng.choice(min(Nk, 64), size=min(case.ties, min(Nk, 64)), replace=False)
+            for t in pos:
+                k[:, :, t] = b_top * e
         elif kind == "concentrated":
             t1 = int(rng.integers(0, Nk))
             k[:, :, t1] = b_top * e

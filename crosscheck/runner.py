@@ -32,6 +32,18 @@ def _emu_task(args):
     return emulator_side(q, k, v, case.causal, cfg, dump=True)
 
 
+_POOL = {}
+
+
+def _pool(workers: int):
+    """One process pool per size, reused across configurations (spawning costs seconds)."""
+    if workers not in _POOL:
+        # spawn, not fork: the parent already runs OpenMP/CUDA threads (torch, numba)
+        ctx = multiprocessing.get_context("spawn")
+        _POOL[workers] = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx)
+    return _POOL[workers]
+
+
 def emulate_many(cases, cfg, workers: int | None = None):
     """Emulator sides of ``cases`` under ``cfg``, in parallel processes."""
     workers = workers or os.cpu_count() or 1
@@ -39,11 +51,9 @@ def emulate_many(cases, cfg, workers: int | None = None):
         return [_emu_task((c, cfg)) for c in cases]
     # compile (and cache) the kernels once here, so the workers only load them
     first = _emu_task((cases[0], cfg))
-    # spawn, not fork: the parent already runs OpenMP/CUDA threads (torch, numba)
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, mp_context=ctx) as ex:
-        rest = ex.map(_emu_task, [(c, cfg) for c in cases[1:]], chunksize=max(1, len(cases) // (4 * workers)))
-        return [first] + list(rest)
+    rest = _pool(workers).map(_emu_task, [(c, cfg) for c in cases[1:]],
+                              chunksize=max(1, len(cases) // (4 * workers)))
+    return [first] + list(rest)
 
 
 def crosscheck_config(cases: list[Case], cfg: Config, *, dump_launch: bool = True, workers=None, log=print,
