@@ -127,7 +127,7 @@ def _has_cuda() -> bool:
 
 def cmd_crosscheck(args):
     from crosscheck.record import replay_record
-    from crosscheck.report import to_json, to_markdown
+    from crosscheck.report import to_markdown
 
     if args.replay:
         if not os.path.exists(args.replay):
@@ -143,7 +143,6 @@ def cmd_crosscheck(args):
               "    crosscheck --replay tests/data/hw/attention_golden.npz", file=sys.stderr)
         return 2
     from crosscheck.cases import KINDS, suite
-    from crosscheck.record import save_record
     from crosscheck.runner import crosscheck_config
     from crosscheck.sides import Config
     from gpu.probes.provenance import provenance
@@ -172,19 +171,25 @@ def cmd_crosscheck(args):
                 report["cases_total"] += s[launch]["cases"]
                 report["elements"] += s[launch]["elements"]
                 report["mismatches"] += s[launch]["mismatches"]
+        _write(args, report, entries, prov)  # after every configuration: a long run leaves partial results
+    print(to_markdown(report))
+    return 0 if report["mismatches"] == 0 else 1
+
+
+def _write(args, report, entries, prov):
+    from crosscheck.record import save_record
+    from crosscheck.report import to_json, to_markdown
+
     if args.record:
         os.makedirs(args.record, exist_ok=True)
         path = os.path.join(args.record, "attention_golden.npz")
         save_record(path, entries, prov)
         report["record"] = path
-    md = to_markdown(report)
-    print(md)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         to_json(report, os.path.join(args.out, "crosscheck.json"))
         with open(os.path.join(args.out, "crosscheck.md"), "w") as f:
-            f.write(md)
-    return 0 if report["mismatches"] == 0 else 1
+            f.write(to_markdown(report))
 
 
 def _add_crosscheck_args(p):
