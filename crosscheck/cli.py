@@ -32,6 +32,10 @@ def _parse_overrides(items):
             raise SystemExit(f"--override takes STAGE:KEY=VALUE (e.g. P_cast:rounding=sr), got {it!r}")
         if key == "rand_bits":
             val = int(val)
+        elif key == "exact":
+            if val.lower() not in ("true", "false", "1", "0"):
+                raise SystemExit(f"--override {stage}:exact takes true or false, got {val!r}")
+            val = val.lower() in ("true", "1")
         out.setdefault(stage, {})[key] = val
     return out
 
@@ -81,7 +85,8 @@ def cmd_emulate(args):
     q, k, v, causal, desc, recipe = _load_inputs(args)
     ov = _parse_overrides(args.override)
     t0 = time.time()
-    r = flash_attention(q, k, v, recipe=recipe, fix=args.fix, eps=args.eps, beta=args.beta, causal=causal,
+    r = flash_attention(q, k, v, recipe=recipe, fix=args.fix, eps=args.eps, beta=args.beta, delta=args.delta,
+                        causal=causal,
                         rounding=args.rounding, overrides=ov, seed=args.seed, record=True, threads=args.threads)
     dt = time.time() - t0
     ref, ref_lse = reference_attention(q, k, v, causal=causal)
@@ -90,7 +95,7 @@ def cmd_emulate(args):
     err = out - ref
     stats = bias_stats(signed_error_ulps(out, ref, r.recipe.stages["O_cast"].format
                                          if r.recipe.stages["O_cast"].format != "fp32" else "fp32"))
-    fix = f"{r.fix.name} (eps={r.fix.eps:g}, beta={r.fix.beta:g})" if r.fix else "none"
+    fix = r.fix.label if r.fix else "none"
     print(f"flashbits emulate — recipe {recipe}, fix {fix}, rounding "
           f"{r.recipe.stages['P_cast'].rounding}/{r.recipe.stages['O_cast'].rounding} (P̄/O casts), "
           f"{'causal' if causal else 'non-causal'}")
@@ -247,14 +252,17 @@ def build_parser():
     src.add_argument("--preset", choices=sorted(PRESETS), default="ties", help="named case (default ties)")
     src.add_argument("--inputs", metavar="FILE.npz", help="q, k, v arrays of bf16 values")
     p.add_argument("--recipe", choices=["fa2", "paper"], help="recipe (default: the preset's)")
-    p.add_argument("--fix", choices=["paper"], help="apply the paper's softmax fix")
-    p.add_argument("--eps", type=float, help="fix ε (default 1e-3)")
-    p.add_argument("--beta", type=float, help="fix β (default 2)")
+    p.add_argument("--fix", choices=["paper", "offset"],
+                   help="softmax fix: paper (β·max on tied blocks) or offset (max + δ on every block)")
+    p.add_argument("--eps", type=float, help="paper fix ε (default 1e-3)")
+    p.add_argument("--beta", type=float, help="paper fix β (default 2)")
+    p.add_argument("--delta", type=float, help="offset fix δ in nats (default ln 2 / 2)")
     p.add_argument("--rounding", choices=["rne", "rna", "rz", "ru", "rd", "sr"],
                    help="rounding of the P̄ and output casts (default rne)")
     p.add_argument("--override", action="append", metavar="STAGE:KEY=VALUE",
                    help="stage override, repeatable: e.g. PV_cast:format=fp32, P_cast:rounding=sr, "
-                        "O_add_cast:accumulation=compensated")
+                        "O_add_cast:accumulation=compensated, PV:exact=true, x:format=fp64 "
+                        "(stage names: docs/recipes.md)")
     p.add_argument("--causal", action="store_true", help="causal mask (top-left aligned)")
     p.add_argument("--seed", type=int, help="Philox key (needed with sr)")
     p.add_argument("--threads", type=int, help="CPU threads (default all)")

@@ -32,18 +32,18 @@ REGIMES = {
 }
 
 
-def regime_case(name: str, seed: int = 1) -> Case | None:
+def regime_case(name: str, seed: int = 1, rows: int = ROWS) -> Case | None:
     doc, spec = REGIMES[name]
     if spec["kind"] == "realistic":
         return None
-    return Case(B=1, H=1, Nq=ROWS, Nk=KEYS, D=DIM, causal=False, seed=seed, **spec)
+    return Case(B=1, H=1, Nq=rows, Nk=KEYS, D=DIM, causal=False, seed=seed, **spec)
 
 
-def regime_inputs(name: str, seed: int = 1):
-    """(q, k, v) float32 arrays of bf16 values, shape (1, 1, N, 64), for a regime."""
+def regime_inputs(name: str, seed: int = 1, rows: int = ROWS):
+    """(q, k, v) float32 arrays of bf16 values, shape (1, 1, rows, 64), for a regime."""
     if name not in REGIMES:
         raise ValueError(f"unknown regime {name!r}; accepted: {', '.join(REGIMES)}")
-    c = regime_case(name, seed)
+    c = regime_case(name, seed, rows)
     if c is not None:
         return generate(c)
     rng = np.random.default_rng(seed)
@@ -51,7 +51,7 @@ def regime_inputs(name: str, seed: int = 1):
     e = rng.standard_normal(DIM)
     e /= np.linalg.norm(e)
     a, b_top = 8.0, 2.0
-    q = a * e + 0.05 * rng.standard_normal((1, 1, ROWS, DIM))
+    q = a * e + 0.05 * rng.standard_normal((1, 1, rows, DIM))
     drops = rng.uniform(3.0, 15.0, size=KEYS) / (sc * a)
     k = (b_top - drops)[:, None] * e + 0.002 * rng.standard_normal((KEYS, DIM))
     nt = int(rng.integers(1, 4))

@@ -53,6 +53,12 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
                 f"the GPU kernel of recipe {rec.name!r} implements stage {name!r} only as "
                 f"{b.format}/{b.rounding}/{b.accumulation}; got {st.format}/{st.rounding}/{st.accumulation}. "
                 "Use the emulator (emulator.flash_attention) for other stage plans.")
+    if fix is not None and fix.name != "paper":
+        raise ValueError(f"the GPU kernels implement fix=None and fix='paper'; fix={fix.name!r} runs in the "
+                         "emulator only (emulator.flash_attention)")
+    for name, st in rec.stages.items():
+        if st.exact:
+            raise ValueError(f"stage {name!r} is set to exact (an emulator-only ablation)")
     for name in supported:
         st = rec.stages[name]
         if st.rounding not in ("rne", "sr"):

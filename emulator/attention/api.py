@@ -122,6 +122,7 @@ def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
         plan[idx, K.P_MODE] = int(mode)
         plan[idx, K.P_RBITS] = st.rand_bits
         plan[idx, K.P_SAT] = 1 if f.name.startswith("fp8") else 0
+        plan[idx, K.P_EXACT] = 1 if (st.exact and not fp64) else 0
         if mode == RoundMode.sr:
             needs_seed.append(st.name)
             if seed is not None:
@@ -134,19 +135,22 @@ def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
 
 def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, block_m=None,
                     block_n=None, rounding=None, overrides=None, seed=None, record=False, dump=False,
-                    eps=None, beta=None, precision="hw", threads=None) -> AttentionResult:
+                    eps=None, beta=None, delta=None, precision="hw", threads=None) -> AttentionResult:
     """Flash attention, forward, exactly as the recipe's arithmetic does it.
 
     q, k, v : (batch, heads, seq, dim) or (seq, dim) arrays of bf16 values
         (float32/float64 holding bf16 values, or ml_dtypes.bfloat16).  q and k
         lengths may differ; any lengths (no multiple of the block needed).
     recipe : ``fa2`` | ``paper`` | a :class:`Recipe` (stage plan + tiles).
-    fix : None | ``paper`` | :class:`Fix`; ``eps``/``beta`` set its parameters.
+    fix : None | ``paper`` | ``offset`` | :class:`Fix`; ``eps``/``beta`` set the
+        paper fix's parameters, ``delta`` the offset fix's (recipes.Fix).
     causal : mask keys j > i (top-left aligned, as torch's ``is_causal``).
     scale : softmax scale (default 1/sqrt(dim)).
     block_m, block_n : tile overrides.
     rounding : shorthand for the P̄ and output casts' rounding (``rne``/``sr``/…).
-    overrides : {stage: {format, rounding, accumulation, rand_bits}} (stage ablation).
+    overrides : {stage: {format, rounding, accumulation, rand_bits, exact}} (stage
+        ablation; ``format="fp64"`` removes a rounding, ``exact=True`` replaces a
+        hardware unit by the exact operation rounded once to fp32).
     seed : Philox key for every ``sr`` stage (required if any stage uses sr).
     record : keep the rounding ledger and the per-block intermediates.
     dump : keep the intermediates (m, l per block; acc) without the ledger.
@@ -172,7 +176,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
             ov[st] = {**ov[st], "rounding": rounding}
     if ov or tiles:
         rec = rec.with_overrides(ov, **tiles)
-    fx = get_fix(fix, eps, beta)
+    fx = get_fix(fix, eps, beta, delta)
     if precision not in ("hw", "fp64"):
         raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
     fp64 = precision == "fp64"
@@ -234,18 +238,20 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         common = (qf.astype(np.float64), q_s, q_e, q_p, kT.astype(np.float64), k_s, k_e, k_p,
                   vf.astype(np.float64), v_s, v_e, v_p, Nk, bool(causal), rec.block_m, bn)
         if rec.name == "fa2" or "x" in rec.stages:
-            c = float(np.float32(sc * 1.4426950408889634)) if not fp64 else sc * 1.4426950408889634
-            eps2 = (float(np.float32(fx.eps * 1.4426950408889634)) if not fp64 else fx.eps * 1.4426950408889634) \
-                if fx else 0.0
-            K.fa2_rows(*common, c, fx is not None, eps2, float(fx.beta) if fx else 1.0,
+            L2E = 1.4426950408889634
+            f32 = (lambda x: x) if fp64 else (lambda x: float(np.float32(x)))
+            c = f32(sc * L2E)
+            eps2 = f32(fx.eps * L2E) if fx else 0.0
+            delta2 = f32(fx.delta * L2E) if fx else 0.0
+            K.fa2_rows(*common, c, _fix_kind(fx), eps2, f32(fx.beta) if fx else 1.0, delta2,
                        plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
                        arith, out, m_out, l_out, acc, mblk, lblk, ledgers)
             with np.errstate(divide="ignore", invalid="ignore"):
                 lse = m_out * math.log(2.0) + np.log(l_out)
         else:
-            s32 = float(np.float32(sc)) if not fp64 else sc
-            e32 = (float(np.float32(fx.eps)) if not fp64 else fx.eps) if fx else 0.0
-            K.paper_rows(*common, s32, fx is not None, e32, float(fx.beta) if fx else 1.0,
+            f32 = (lambda x: x) if fp64 else (lambda x: float(np.float32(x)))
+            K.paper_rows(*common, f32(sc), _fix_kind(fx), f32(fx.eps) if fx else 0.0,
+                         f32(fx.beta) if fx else 1.0, f32(fx.delta) if fx else 0.0,
                          plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
                          arith, rec.stages["l_add_cast"].accumulation == "compensated",
                          rec.stages["O_add_cast"].accumulation == "compensated",
@@ -274,6 +280,12 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         res.l_blocks = shp(lblk, nblk)
         res.acc = shp(acc, D)
     return res
+
+
+def _fix_kind(fx) -> int:
+    if fx is None:
+        return K.FIX_NONE
+    return {"paper": K.FIX_PAPER, "offset": K.FIX_OFFSET}[fx.name]
 
 
 def _ledger_cast(values: np.ndarray, fmt: str, L: np.ndarray, st: int):

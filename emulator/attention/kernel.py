@@ -43,8 +43,11 @@ assert list(PAPER_STAGES) == ["S", "S_cast", "s", "s_cast", "thr", "d", "d_cast"
                               "O_mul_cast", "O_add", "O_add_cast", "comp", "div", "O_cast"]
 
 # plan columns
-P_MANT, P_EMIN, P_EMAX, P_MAXSIG, P_HASINF, P_MODE, P_RBITS, P_SAT, P_SEED, P_COMP = range(10)
+P_MANT, P_EMIN, P_EMAX, P_MAXSIG, P_HASINF, P_MODE, P_RBITS, P_SAT, P_SEED, P_EXACT = range(10)
 PLAN_COLS = 10
+
+# fix kinds
+FIX_NONE, FIX_PAPER, FIX_OFFSET = 0, 1, 2
 
 LOG2E_F32 = float(np.float32(1.4426950408889634))  # 0x3FB8AA3B, what tl.exp multiplies by
 
@@ -229,10 +232,13 @@ def mufu(x, tpos, tneg, ftz):
 
 
 @nb.njit(cache=True, error_model="numpy")
-def ex2_unit(L, rec, st, x, tpos, tneg, ftz, hw, f32t):
-    """The recipe's exp2 unit on x: hardware model (hw) or float64 exp2; recorded."""
+def ex2_unit(L, rec, plan, st, x, tpos, tneg, ftz, hw, f32t):
+    """The recipe's exp2 unit on x: hardware model (hw) or float64 exp2; recorded.
+    With the stage's ``exact`` flag (ablation): exp2 in float64, rounded once to fp32."""
     if not hw:
         return math.exp2(x)
+    if plan[st, P_EXACT]:
+        return R(L, rec, plan, st, math.exp2(x) if x == x else np.nan, 0.0, 0)
     if ftz or not x < -126.0:
         r = mufu(x, tpos, tneg, ftz)
     else:
@@ -267,7 +273,15 @@ def decode_as(v, mant, emin):
 def row_tree_sum(L, rec, plan, st, vals, n):
     """Sum of vals[0:n] in the wgmma lane-tree order (n a multiple of 8):
     lane q folds columns 8g + 2q, 8g + 2q + 1 (g ascending) left to right,
-    then (t0 + t2) + (t1 + t3)."""
+    then (t0 + t2) + (t1 + t3).  With the stage's ``exact`` flag (ablation):
+    the exact sum, rounded once."""
+    if plan[st, P_EXACT]:
+        hi = 0.0
+        lo = 0.0
+        for j in range(n):
+            hi, e = two_sum(hi, vals[j])
+            lo += e
+        return R(L, rec, plan, st, hi, lo, 0)
     t0 = 0.0
     t1 = 0.0
     t2 = 0.0
@@ -333,7 +347,7 @@ def valid_key(i, j, Nk, causal):
 # --------------------------------------------------------------------------
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
-             Nk, causal, block_m, block_n, c_scale, fix_on, eps2, beta,
+             Nk, causal, block_m, block_n, c_scale, fix_kind, eps2, beta, delta2,
              plan, tcq, tcv, p_mant, p_emin, tpos, tneg, hw, rec, dump, arith,
              out, m_out, l_out, acc_out, mblk, lblk, ledgers):
     """The fa2 recipe (docs/recipes.md) for every row of every (batch·head).
@@ -371,7 +385,10 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     j = j0 + jj
                     if valid_key(i, j, Nk, causal):
-                        if hw:
+                        if hw and plan[FA2_S, P_EXACT]:
+                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
+                            sv = R(L, rec, plan, FA2_S, hi, lo, 0)
+                        elif hw:
                             sb = tc_dot_ij(q_s[bh], q_e[bh], q_p[bh], i, kT_s[bh], kT_e[bh], kT_p[bh], j,
                                            np.uint32(0), tcq[0], tcq[1], tcq[2], tcq[3])
                             sv = _f32v(sb)
@@ -386,8 +403,14 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                     else:
                         S[jj] = -np.inf
                 # block max in the log2 domain, and the fix
-                t = R_mul(L, rec, plan, FA2_M_SCALE, bm_raw, c_scale, 0) if bm_raw == bm_raw else bm_raw
-                if fix_on and t == t:
+                if bm_raw != bm_raw:
+                    t = bm_raw
+                elif fix_kind == FIX_OFFSET:
+                    # bm·c + δ' (a kernel would contract it into one fma, as it does thr)
+                    t = R_fma(L, rec, plan, FA2_M_SCALE, bm_raw, c_scale, delta2, 0)
+                else:
+                    t = R_mul(L, rec, plan, FA2_M_SCALE, bm_raw, c_scale, 0)
+                if fix_kind == FIX_PAPER and t == t:
                     # the compiled kernel contracts (max·c) − ε' into one fma
                     thr, _, _ = rnd_fma(bm_raw, c_scale, -eps2, arith, 0, np.uint64(0), 32, False)
                     n = 0
@@ -406,12 +429,12 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     if valid_key(i, j0 + jj, Nk, causal):
                         x = R_fma(L, rec, plan, FA2_X, S[jj], c_scale, -m_new, 0)
-                        P[jj] = ex2_unit(L, rec, FA2_P, x, tpos, tneg, True, hw, f32t)
+                        P[jj] = ex2_unit(L, rec, plan, FA2_P, x, tpos, tneg, True, hw, f32t)
                     else:
                         P[jj] = 0.0
                 l_blk = row_tree_sum(L, rec, plan, FA2_L_BLK, P, block_n)
                 a_arg = R_add(L, rec, plan, FA2_ALPHA_ARG, m, -m_new, 0)
-                alpha = ex2_unit(L, rec, FA2_ALPHA, a_arg, tpos, tneg, True, hw, f32t)
+                alpha = ex2_unit(L, rec, plan, FA2_ALPHA, a_arg, tpos, tneg, True, hw, f32t)
                 l = R_fma(L, rec, plan, FA2_L, l, alpha, l_blk, 0)
                 for d in range(D):
                     acc[d] = R_mul(L, rec, plan, FA2_ACC_SCALE, acc[d], alpha, 0)
@@ -428,7 +451,10 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                     Pe[0, jj] = e_
                     Pp[0, jj] = p_
                 for d in range(D):
-                    if hw:
+                    if hw and plan[FA2_PV, P_EXACT]:
+                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, acc[d])
+                        acc[d] = R(L, rec, plan, FA2_PV, hi, lo, 0)
+                    elif hw:
                         ab = tc_dot_ij(Ps, Pe, Pp, 0, v_s[bh, j0:j0 + block_n], v_e[bh, j0:j0 + block_n],
                                        v_p[bh, j0:j0 + block_n], d, bits_of_f32value(acc[d]),
                                        tcv[0], tcv[1], tcv[2], tcv[3])
@@ -487,7 +513,7 @@ def acc_update(L, rec, plan, st_mul, st_mul_cast, st_add, st_add_cast, alpha, x,
 
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
-               Nk, causal, block_m, block_n, scale32, fix_on, eps32, beta,
+               Nk, causal, block_m, block_n, scale32, fix_kind, eps32, beta, delta32,
                plan, tcq, tcv, p_mant, p_emin, tpos, tneg, hw, rec, dump, arith, comp_l, comp_o,
                out, m_out, l_out, acc_out, mblk, lblk, ledgers):
     """The paper recipe (docs/recipes.md): every tensor bf16, natural-log domain."""
@@ -526,7 +552,10 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     j = j0 + jj
                     if valid_key(i, j, Nk, causal):
-                        if hw:
+                        if hw and plan[PP_S, P_EXACT]:
+                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
+                            sv = R(L, rec, plan, PP_S, hi, lo, 0)
+                        elif hw:
                             sb = tc_dot_ij(q_s[bh], q_e[bh], q_p[bh], i, kT_s[bh], kT_e[bh], kT_p[bh], j,
                                            np.uint32(0), tcq[0], tcq[1], tcq[2], tcq[3])
                             sv = _f32v(sb)
@@ -543,7 +572,10 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                         bm = maxnum(bm, s_)
                     else:
                         S[jj] = -np.inf
-                if fix_on and bm == bm:
+                if fix_kind == FIX_OFFSET and bm == bm:
+                    bv, _, _ = rnd_add(bm, delta32, arith, 0, np.uint64(0), 32, False)
+                    bm = R(L, False, plan, PP_SS_CAST, bv, 0.0, 0)  # bf16(fl32(bm + δ)); not a ledger op
+                if fix_kind == FIX_PAPER and bm == bm:
                     tv, _, _ = rnd_add(bm, -eps32, arith, 0, np.uint64(0), 32, False)
                     thr = R(L, rec, plan, PP_THR, tv, 0.0, 0)
                     n = 0
@@ -563,7 +595,7 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                         off = row * Nk + j
                         dd = R(L, rec, plan, PP_D_CAST, R_add(L, rec, plan, PP_D, S[jj], -m_new, 0), 0.0, off)
                         ea = R_mul(L, rec, plan, PP_E_ARG, dd, log2e, 0)
-                        pv = ex2_unit(L, rec, PP_P, ea, tpos, tneg, False, hw, f32t)
+                        pv = ex2_unit(L, rec, plan, PP_P, ea, tpos, tneg, False, hw, f32t)
                         P[jj] = R(L, rec, plan, PP_P_CAST, pv, 0.0, off)
                     else:
                         P[jj] = 0.0
@@ -571,7 +603,7 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 lb = R(L, rec, plan, PP_L_BLK_CAST, row_tree_sum(L, rec, plan, PP_L_BLK, P, block_n), 0.0, roff)
                 aa = R(L, rec, plan, PP_A_ARG_CAST, R_add(L, rec, plan, PP_A_ARG, m, -m_new, 0), 0.0, roff)
                 ae = R_mul(L, rec, plan, PP_A_E_ARG, aa, log2e, 0)
-                alpha = R(L, rec, plan, PP_ALPHA_CAST, ex2_unit(L, rec, PP_ALPHA, ae, tpos, tneg, False, hw, f32t),
+                alpha = R(L, rec, plan, PP_ALPHA_CAST, ex2_unit(L, rec, plan, PP_ALPHA, ae, tpos, tneg, False, hw, f32t),
                           0.0, roff)
                 l, lc = acc_update(L, rec, plan, PP_L_MUL, PP_L_MUL_CAST, PP_L_ADD, PP_L_ADD_CAST,
                                    alpha, l, lb, lc, comp_l, roff)
@@ -583,7 +615,10 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                     Pp[0, jj] = p_
                 for d in range(D):
                     doff = roff * D + d
-                    if hw:
+                    if hw and plan[PP_PV, P_EXACT]:
+                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, 0.0)
+                        pvv = R(L, rec, plan, PP_PV, hi, lo, 0)
+                    elif hw:
                         ab = tc_dot_ij(Ps, Pe, Pp, 0, v_s[bh, j0:j0 + block_n], v_e[bh, j0:j0 + block_n],
                                        v_p[bh, j0:j0 + block_n], d, np.uint32(0), tcv[0], tcv[1], tcv[2], tcv[3])
                         pvv = _f32v(ab)

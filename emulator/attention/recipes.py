@@ -35,6 +35,9 @@ class StageSpec:
     ``accumulations``: ``plain`` and, for running bf16 accumulators,
     ``compensated`` (Kahan–Neumaier with a compensation term in the same
     format).
+    ``exact`` (ablation, emulator only): a ``tensor_core``/``approx``/``sum``
+    stage computed exactly and rounded once to its format (IEEE fp32) instead of
+    by the hardware unit.  A ``round`` stage is ablated with ``format="fp64"``.
     """
 
     name: str
@@ -47,6 +50,7 @@ class StageSpec:
     roundings: tuple = ()
     accumulations: tuple = ("plain",)
     rand_bits: int = 16
+    exact: bool = False
 
 
 _CASTS = ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp32")
@@ -67,8 +71,9 @@ FA2_STAGES = _stages(
     StageSpec("alpha", "α = ex2.approx.ftz(m_old − m_new)", "approx"),
     StageSpec("l", "l = fma(l, α, l_blk)"),
     StageSpec("acc_scale", "acc = fl32(acc · α)"),
+    # no fp32 here: P̄·V runs on tensor cores, whose operands are 16- or 8-bit
     StageSpec("P_cast", "P̄ → the P̄V operand format (bf16; fp8 as FlashAttention-3)",
-              format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
+              format="bf16", formats=("bf16", "fp16", "fp8_e4m3", "fp8_e5m2"), roundings=_ROUNDINGS),
     StageSpec("V_cast", "V → fp8 (only when P_cast is fp8: satfinite RNE, as cvt.rn.satfinite)",
               format="same_as_P", roundings=()),
     StageSpec("PV", "acc = P̄·V + acc on tensor cores (wgmma chain)", "tensor_core"),
@@ -115,16 +120,23 @@ PAPER_STAGES = _stages(
 
 @dataclass(frozen=True)
 class Fix:
-    """A softmax fix applied per query row and key block (MISSION.md).
+    """A softmax fix applied per query row and key block.
 
-    ``paper``: bm = block max; n = #valid scores >= bm − ε; if n > 1 and
-    bm > 0: bm = β·bm; if n > 1 and bm < 0: bm = 0; m_new = max(bm, m_old).
+    ``paper`` (MISSION.md): bm = block max; n = #valid scores >= bm − ε; if
+    n > 1 and bm > 0: bm = β·bm; if n > 1 and bm < 0: bm = 0;
+    m_new = max(bm, m_old).
+    ``offset`` (flashbits): bm = block max + δ for every block (δ > 0, natural-log
+    units; default ln 2 / 2, i.e. exactly 0.5 in the log2 domain), so the largest
+    P̄ of a row is e^−δ ≈ 0.707 instead of 1: the products P̄·V of tied maxima
+    are no longer exact copies of V with a regular tail, and no β needs tuning
+    (nothing underflows: the shift is constant).
     Exact-arithmetic softmax is unchanged by any m >= the row max.
     """
 
     name: str = "paper"
     eps: float = 1e-3
     beta: float = 2.0
+    delta: float = 0.34657359027997264  # ln 2 / 2
 
     def __post_init__(self):
         if self.name not in FIXES:
@@ -133,9 +145,17 @@ class Fix:
             raise ValueError(f"fix eps must be >= 0, got {self.eps}")
         if not self.beta >= 1:
             raise ValueError(f"fix beta must be >= 1 (β < 1 would put m below the row max), got {self.beta}")
+        if not (0 < self.delta < 64):
+            raise ValueError(f"fix delta must be in (0, 64) nats, got {self.delta}")
+
+    @property
+    def label(self) -> str:
+        if self.name == "paper":
+            return f"paper(β={self.beta:g}, ε={self.eps:g})"
+        return f"offset(δ={self.delta:.4g})"
 
 
-FIXES = ("paper",)
+FIXES = ("paper", "offset")
 
 
 @dataclass(frozen=True)
@@ -170,13 +190,19 @@ class Recipe:
             st = self.stage(name)
             if not isinstance(ov, dict):
                 raise TypeError(f"override for stage {name!r} must be a dict, got {type(ov).__name__}")
-            unknown = set(ov) - {"format", "rounding", "accumulation", "rand_bits"}
+            unknown = set(ov) - {"format", "rounding", "accumulation", "rand_bits", "exact"}
             if unknown:
                 raise ValueError(f"unknown override keys {sorted(unknown)} for stage {name!r}; "
-                                 "accepted: format, rounding, accumulation, rand_bits")
+                                 "accepted: format, rounding, accumulation, rand_bits, exact")
+            if "exact" in ov:
+                if st.kind == "round":
+                    raise ValueError(f"stage {name!r} is a rounding; ablate it with format='fp64', not exact")
+                st = replace(st, exact=bool(ov["exact"]))
             if "format" in ov:
                 fmt = get_format(ov["format"]).name
-                if fmt not in st.formats:
+                if fmt == "fp64" and st.kind == "round":
+                    st = replace(st, format=fmt)  # ablation: no rounding at this stage
+                elif fmt not in st.formats:
                     raise ValueError(f"stage {name!r} cannot take format {fmt!r}; accepted: "
                                      f"{', '.join(st.formats) or 'none (fixed ' + st.format + ')'}")
                 st = replace(st, format=fmt)
@@ -235,20 +261,27 @@ def get_recipe(recipe) -> Recipe:
     raise TypeError(f"recipe must be a name ({', '.join(RECIPES)}) or a Recipe, got {type(recipe).__name__}")
 
 
-def get_fix(fix, eps=None, beta=None) -> Fix | None:
+def get_fix(fix, eps=None, beta=None, delta=None) -> Fix | None:
     if fix is None:
-        if eps is not None or beta is not None:
-            raise ValueError("eps/beta given but fix=None; pass fix='paper' to use them")
+        if eps is not None or beta is not None or delta is not None:
+            raise ValueError("eps/beta/delta given but fix=None; pass fix='paper' (eps, beta) or "
+                             "fix='offset' (delta) to use them")
         return None
     if isinstance(fix, Fix):
         return fix
     if isinstance(fix, str):
         if fix not in FIXES:
             raise ValueError(f"unknown fix {fix!r}; accepted: None, {', '.join(FIXES)}")
+        if fix == "paper" and delta is not None:
+            raise ValueError("delta belongs to fix='offset'; the paper fix takes eps and beta")
+        if fix == "offset" and (eps is not None or beta is not None):
+            raise ValueError("eps/beta belong to fix='paper'; the offset fix takes delta")
         kw = {}
         if eps is not None:
             kw["eps"] = float(eps)
         if beta is not None:
             kw["beta"] = float(beta)
+        if delta is not None:
+            kw["delta"] = float(delta)
         return Fix(fix, **kw)
     raise TypeError(f"fix must be None, a name ({', '.join(FIXES)}) or a Fix, got {type(fix).__name__}")
