@@ -311,8 +311,7 @@ def worked_example(regime: str = "ties-12", rows: int = 256) -> str:
     bit, then shows the first block-output cast (PV_cast) whose exact tie was
     pushed just over one half by the small terms.
     """
-    from emulator import from_bits, quantize, sfu_exp2, tensor_core_dot, to_bits
-    from emulator.exact import two_sum  # noqa: F401  (documents where exactness comes from)
+    from emulator import quantize, sfu_exp2, tensor_core_dot, to_bits
 
     q, k, v = regime_inputs(regime, rows=rows)
     q2, k2, v2 = q[0, 0], k[0, 0], v[0, 0]

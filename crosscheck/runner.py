@@ -13,7 +13,6 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-import numpy as np
 
 from .cases import Case, generate
 from .compare import compare_sides

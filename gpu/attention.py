@@ -93,10 +93,6 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
             raise TypeError(f"{name} must be bfloat16, got {t.dtype}; cast with .to(torch.bfloat16)")
         if t.dim() != 4:
             raise ValueError(f"{name} must be (batch, heads, seq, dim), got shape {tuple(t.shape)}")
-        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "
-                               "the same recipe in the emulator (emulator.flash_attention) or replay a "
-                               "golden record (crosscheck --replay FILE)")
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     if k.shape[:2] != (B, H) or v.shape[:2] != (B, H) or v.shape[2] != Nk:
@@ -121,6 +117,11 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if (flags["P_SR"] or flags["O_SR"]) and seed is None:
         raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)")
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "
+                               "the same recipe in the emulator (emulator.flash_attention) or replay a "
+                               "golden record (crosscheck --replay FILE)")
     import numpy as np
 
     dev = q.device

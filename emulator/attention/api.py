@@ -13,7 +13,7 @@ from ..formats import FORMATS, get_format
 from ..hw.sfu import load_exp2_tables
 from ..hw.tensor_core import TC_MODELS, decode_operands
 from ..philox import seed_to_u64
-from ..rounding import RoundMode, _round_array, layout, quantize, target
+from ..rounding import RoundMode, quantize, target
 from . import kernel as K
 from .ledger import NF, RoundingLedger
 from .recipes import Fix, Recipe, get_fix, get_recipe
@@ -311,7 +311,14 @@ def reference_attention(q, k, v, *, causal=False, scale=None):
     m = s.max(axis=-1, keepdims=True)
     p = np.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
-    out = np.einsum("bhij,bhjd->bhid", p, v4) / l
+    if causal and not np.isfinite(v4).all():
+        # masked keys take no part at all (0 · inf would be NaN): one query row at a time
+        out = np.empty((B, H, Nq, D))
+        for i in range(Nq):
+            n = min(i + 1, Nk)
+            out[:, :, i] = np.einsum("bhj,bhjd->bhd", p[:, :, i, :n], v4[:, :, :n]) / l[:, :, i]
+    else:
+        out = np.einsum("bhij,bhjd->bhid", p, v4) / l
     lse = (m + np.log(l))[..., 0]
     if squeeze:
         return out[0, 0], lse[0, 0]

@@ -18,7 +18,7 @@ import math
 import numba as nb
 import numpy as np
 
-from ..exact import bits_to_f64, f64_to_bits, rnd, rnd_add, rnd_div, rnd_fma, rnd_mul, two_sum
+from ..exact import f64_to_bits, rnd, rnd_add, rnd_div, rnd_fma, rnd_mul, two_sum
 from ..hw.sfu import _mufu_ex2
 from ..hw.tensor_core import tc_dot_ij
 from ..philox import randint_word
@@ -322,8 +322,13 @@ def exact_dot(av, i, bv, j, K, c):
     lo = 0.0
     for k in range(K):
         p = av[i, k] * bv[k, j]
+        if not (math.isfinite(p) and math.isfinite(hi)):
+            hi = hi + p  # inf/NaN: IEEE semantics; TwoSum's error term would be NaN
+            continue
         hi, e = two_sum(hi, p)
         lo += e
+    if not math.isfinite(hi):
+        lo = 0.0
     return hi, lo
 
 

@@ -20,7 +20,7 @@ import triton.language as tl
 # "cpu" only for smoke tests under TRITON_INTERPRET=1 (semantics, never bits)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-from emulator import FORMATS, to_bits
+from emulator import to_bits
 from emulator.hw.tensor_core import tensor_core_dot
 from gpu.probes.dot_cases import KINDS, TILE, make_case
 

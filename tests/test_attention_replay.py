@@ -1,0 +1,105 @@
+"""Replay the H200 golden records of the attention kernels through the emulator, bit for bit.
+
+* ``attention_golden.npz`` — recipe ``paper`` without fix, ``rne`` and ``sr``,
+  production launch and dump launch (m, l after every key block, the
+  accumulator before the division);
+* ``attention_bias_golden.npz`` — cells of the bias study (4096 × 64 × 64):
+  ``fa2`` and ``paper``, with and without the paper fix, production outputs.
+
+Each entry is re-run by the emulator (crosscheck.record.replay_record) and
+compared as raw bits, NaN payloads aside (crosscheck/compare.py).  The GPU's
+bits are the truth: nothing here is computed by the code under test except the
+emulator's answer.  Regenerate with ``crosscheck --record DIR`` and
+``python -m gpu.probes.bias_confirm`` on the GPU (docs/hardware.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pytest
+
+from crosscheck.cli import crosscheck_main
+from crosscheck.record import load_record, replay_record
+
+HW = os.path.join(os.path.dirname(__file__), "data", "hw")
+GOLDEN = os.path.join(HW, "attention_golden.npz")
+BIAS = os.path.join(HW, "attention_bias_golden.npz")
+RECORDS = [GOLDEN, BIAS]
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=os.path.basename)
+def test_replay_bit_exact(path):
+    res = replay_record(path, log=lambda *_: None)
+    assert res["entries"] >= 5
+    assert res["elements"] > 0
+    assert res["mismatches"] == 0, res["failures"][:5]
+
+
+@pytest.mark.parametrize("path", RECORDS, ids=os.path.basename)
+def test_record_provenance(path):
+    _, prov = load_record(path)
+    assert "H200" in prov["gpu"], prov
+    assert prov["triton"] == "3.6.0", prov
+    assert prov["compute_capability"] == "9.0"
+    assert re.fullmatch(r"[0-9a-f]{7,40}", prov["git_commit"]), prov["git_commit"]
+
+
+def test_golden_record_covers_what_it_claims():
+    """paper recipe, no fix, rne and sr; both launches; the dump tensors hold the
+    NaN padding of rows that visit fewer key blocks, and the GPU's out is bf16 codes."""
+    entries, _ = load_record(GOLDEN)
+    cfgs = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding) for e in entries}
+    assert cfgs == {("paper", None, "rne"), ("paper", None, "sr")}
+    for e in entries:
+        assert e["prod"] is not None and e["dump"] is not None
+        assert set(e["dump"]) >= {"out", "m", "l", "m_blocks", "l_blocks", "acc"}
+        assert e["prod"]["out"].dtype == np.uint16 and e["dump"]["m_blocks"].dtype == np.uint32
+        c = e["case"]
+        assert e["prod"]["out"].shape == (c.B, c.H, c.Nq, c.D)
+        # production and dump launches agree with each other on the GPU too
+        for t in ("out", "m", "l"):
+            np.testing.assert_array_equal(e["prod"][t], e["dump"][t])
+
+
+def test_bias_record_covers_what_it_claims():
+    entries, _ = load_record(BIAS)
+    recipes = {e["cfg"].recipe for e in entries}
+    fixes = {e["cfg"].fix for e in entries}
+    assert recipes == {"fa2", "paper"} and fixes == {None, "paper"}
+    for e in entries:
+        c = e["case"]
+        assert (c.Nq, c.Nk, c.D) == (4096, 64, 64)
+        assert e["prod"]["out"].size == 2**18
+
+
+def test_replay_detects_a_flipped_bit(tmp_path):
+    """The replay is not vacuous: one flipped output bit in a copy of the record is reported."""
+    with np.load(GOLDEN) as z:
+        arrays = {k: z[k] for k in z.files}
+    key = "e0_prod_out"
+    arrays[key] = arrays[key].copy()
+    arrays[key].reshape(-1)[5] ^= np.uint16(1)
+    bad = tmp_path / "flipped.npz"
+    np.savez_compressed(bad, **arrays)
+    res = replay_record(str(bad), log=lambda *_: None)
+    assert res["mismatches"] == 1
+    assert res["failures"][0]["tensor"] == "out" and res["failures"][0]["launch"] == "prod"
+
+
+def test_cli_replay_exit_status(capsys):
+    assert crosscheck_main(["--replay", GOLDEN]) == 0
+    out = capsys.readouterr().out
+    assert "0 mismatching" in out and "all bits equal" in out
+
+
+def test_cli_without_gpu_points_to_replay(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: crosscheck would run the kernels")
+    assert crosscheck_main([]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--replay" in err

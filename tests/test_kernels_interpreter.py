@@ -1,0 +1,159 @@
+"""The Triton kernels (gpu.flash_attention) under the Triton interpreter, on the CPU.
+
+Semantics only: the interpreter's arithmetic is numpy's, not the hardware's
+(docs/hardware.md, "Never trust the interpreter for bits": tl.dot is a float32
+matmul, exp2 is np.exp2, fma rounds twice, ``.to(tl.bfloat16)`` truncates).
+So the outputs are compared with the float64 reference within an a-priori
+bound for bf16 casts that err by less than one ulp (tests/attention_bounds.py
+with u = 2^-7: truncation, and stochastic rounding, err by < 1 ulp, twice RNE's
+half ulp); what must match exactly is everything that is not arithmetic:
+
+* which key blocks each row visits: the dump tensors m_blocks, l_blocks have
+  NaN exactly where the emulator's (dump=True) do;
+* the production launch (DUMP=False) and the dump launch give the same bits;
+* shapes, masks, odd lengths, head dims 64 and 128, both recipes, causal or not,
+  fix None / paper, rne / sr.
+
+TRITON_INTERPRET must be set before triton and gpu.kernels are imported; when
+another test module imported gpu.kernels first, it is reloaded here so that its
+kernels are interpreted functions.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.language.standard")).values()):
+    # triton was imported before TRITON_INTERPRET was set (its library functions are
+    # compiled-mode JITFunctions, which the interpreter cannot call): import it afresh
+    # (the compiled extension triton._C stays: it cannot be loaded twice)
+    for _m in [m for m in sys.modules if (m == "triton" or m.startswith("triton.") or m == "gpu.kernels")
+               and not m.startswith("triton._C")]:
+        del sys.modules[_m]
+    import triton  # noqa: E402
+
+import gpu  # noqa: E402
+import gpu.kernels  # noqa: E402
+from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
+
+from attention_bounds import U, error_bound  # noqa: E402
+from emulator import flash_attention as emu_flash_attention  # noqa: E402
+from emulator import quantize, reference_attention  # noqa: E402
+
+if not isinstance(gpu.kernels._fa2_fwd, InterpretedFunction):
+    importlib.reload(gpu.kernels)
+assert isinstance(gpu.kernels._fa2_fwd, InterpretedFunction)
+
+
+@pytest.fixture(autouse=True)
+def _interpret(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+# (Nq, Nk, D): odd lengths, one-row and one-key problems, more key blocks than a causal row visits
+SHAPES = [(1, 1, 64), (17, 33, 128), (70, 97, 64), (70, 130, 128), (1, 130, 64), (70, 1, 64)]
+CONFIGS = [(recipe, causal, fix, rounding) for recipe in ("fa2", "paper") for causal in (False, True)
+           for fix in (None, "paper") for rounding in ("rne", "sr")]
+
+
+def _inputs(Nq, Nk, D, seed, B=1, H=2):
+    rng = np.random.default_rng(seed)
+    # scores of a few nats: the paper recipe's bound grows with |score| (bf16 scores)
+    q = quantize(rng.standard_normal((B, H, Nq, D)) * 0.5, "bf16")
+    k = quantize(rng.standard_normal((B, H, Nk, D)), "bf16")
+    v = quantize(rng.standard_normal((B, H, Nk, D)), "bf16")
+    if Nk > 3:  # a tied pair of keys, so the fix acts
+        k[:, :, 3] = k[:, :, 1]
+    return q, k, v
+
+
+def _t(x):
+    return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
+
+
+def _np(t):
+    return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _bits(t):
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy()
+    return t.contiguous().view(torch.int32).numpy()
+
+
+@pytest.mark.parametrize("recipe,causal,fix,rounding", CONFIGS,
+                         ids=[f"{r}-{'causal' if c else 'full'}-{f or 'nofix'}-{rd}" for r, c, f, rd in CONFIGS])
+def test_interpreted_kernel_semantics(recipe, causal, fix, rounding):
+    kw = dict(recipe=recipe, causal=causal, fix=fix, rounding=rounding, seed=5 if rounding == "sr" else None)
+    worst = 0.0
+    for n, (Nq, Nk, D) in enumerate(SHAPES):
+        q, k, v = _inputs(Nq, Nk, D, seed=100 + n)
+        tq, tk, tv = _t(q), _t(k), _t(v)
+        dump = gpu.flash_attention(tq, tk, tv, dump=True, **kw)
+        prod = gpu.flash_attention(tq, tk, tv, dump=False, **kw)
+        what = f"{recipe} causal={causal} fix={fix} {rounding} q{Nq} k{Nk} d{D}"
+        # production launch == dump launch, bit for bit
+        for name in ("out", "m", "l"):
+            np.testing.assert_array_equal(_bits(getattr(prod, name)), _bits(getattr(dump, name)),
+                                          err_msg=f"{what}: {name} of production vs dump launch")
+        assert dump.out.shape == (1, 2, Nq, D) and dump.out.dtype == torch.bfloat16
+        out = _np(dump.out)
+        # the visited blocks: NaN padding of the dumps exactly as the emulator's
+        emu = emu_flash_attention(q, k, v, dump=True, **kw)
+        assert tuple(dump.m_blocks.shape) == emu.m_blocks.shape
+        np.testing.assert_array_equal(np.isnan(_np(dump.m_blocks)), np.isnan(emu.m_blocks), err_msg=what)
+        np.testing.assert_array_equal(np.isnan(_np(dump.l_blocks)), np.isnan(emu.l_blocks), err_msg=what)
+        assert not np.isnan(_np(dump.acc)).any()
+        # the final m equals the last visited block's dump entry
+        nv = (~np.isnan(emu.m_blocks)).sum(-1)
+        last = np.take_along_axis(_np(dump.m_blocks), (nv - 1)[..., None], -1)[..., 0]
+        np.testing.assert_array_equal(last, _np(dump.m), err_msg=what)
+        # against the reference: the bound for casts erring by < 1 ulp (u = 2U)
+        ref, ref_lse = reference_attention(q, k, v, causal=causal)
+        assert np.isfinite(out).all(), what
+        tol = error_bound(recipe, q, k, v, causal, emu.recipe.block_m, emu.recipe.block_n,
+                          beta=2.0 if fix else 1.0, u=2 * U)
+        err = np.abs(out - ref)
+        assert np.all(err <= tol), f"{what}: max error / bound {np.max(err / tol):.3f}"
+        worst = max(worst, float(np.max(err / tol)))
+        # lse = m + ln l (fa2: m·ln 2 + ln l) within the bound of ln l's error
+        tol_lse = error_bound(recipe, q, k, v, causal, emu.recipe.block_m, emu.recipe.block_n,
+                              beta=2.0 if fix else 1.0, u=2 * U, lse=True)
+        err_lse = np.abs(_np(dump.lse) - ref_lse)
+        assert np.all(err_lse <= tol_lse), f"{what}: lse error / bound {np.max(err_lse / tol_lse):.3f}"
+    print(f"\n{recipe} causal={causal} fix={fix} {rounding}: largest error / bound {worst:.3f}")
+
+
+def test_interpreter_sr_is_seeded():
+    q, k, v = _inputs(40, 70, 64, seed=3)
+    tq, tk, tv = _t(q), _t(k), _t(v)
+    a = gpu.flash_attention(tq, tk, tv, recipe="fa2", rounding="sr", seed=11)
+    b = gpu.flash_attention(tq, tk, tv, recipe="fa2", rounding="sr", seed=11)
+    c = gpu.flash_attention(tq, tk, tv, recipe="fa2", rounding="sr", seed=12)
+    np.testing.assert_array_equal(_bits(a.out), _bits(b.out))
+    assert (_bits(a.out) != _bits(c.out)).any()
+
+
+def test_kernel_wrapper_refuses_what_it_cannot_do():
+    q, k, v = (_t(x) for x in _inputs(8, 8, 64, seed=1))
+    with pytest.raises(ValueError, match="head dim 32"):
+        gpu.flash_attention(*(_t(x) for x in _inputs(8, 8, 32, seed=1)))
+    with pytest.raises(ValueError, match="seed"):
+        gpu.flash_attention(q, k, v, rounding="sr")
+    with pytest.raises(ValueError, match="rne or sr"):
+        gpu.flash_attention(q, k, v, recipe="paper", rounding="rz")
+    with pytest.raises(TypeError, match="bfloat16"):
+        gpu.flash_attention(q.float(), k, v)
