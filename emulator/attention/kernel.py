@@ -332,6 +332,24 @@ def exact_dot(av, i, bv, j, K, c):
     return hi, lo
 
 
+@nb.njit(cache=True, error_model="numpy")
+def tc_stage(L, rec, plan, st, hw, a_s, a_e, a_p, a_v, i, b_s, b_e, b_p, b_v, j, K, c, tc):
+    """One tensor-core result c + sum_k a[i, k]·b[k, j] for stage ``st``: the wgmma
+    model (``hw``; recorded against the exact sum), the exact sum rounded once to
+    fp32 (the stage's ``exact`` ablation), or the float64 sum (not ``hw``)."""
+    if hw and plan[st, P_EXACT]:
+        hi, lo = exact_dot(a_v, i, b_v, j, K, c)
+        return R(L, rec, plan, st, hi, lo, 0)
+    if hw:
+        v = _f32v(tc_dot_ij(a_s, a_e, a_p, i, b_s, b_e, b_p, j, bits_of_f32value(c), tc[0], tc[1], tc[2], tc[3]))
+        if rec:
+            hi, lo = exact_dot(a_v, i, b_v, j, K, c)
+            led_err(L, st, v, hi, lo)
+        return v
+    hi, lo = exact_dot(a_v, i, b_v, j, K, c)
+    return hi + lo
+
+
 @nb.njit(inline="always", error_model="numpy")
 def n_visited_blocks(i, Nk, causal, block_m, block_n):
     """Key blocks the kernel's program for row i visits (ascending from 0)."""
@@ -390,19 +408,8 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     j = j0 + jj
                     if valid_key(i, j, Nk, causal):
-                        if hw and plan[FA2_S, P_EXACT]:
-                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                            sv = R(L, rec, plan, FA2_S, hi, lo, 0)
-                        elif hw:
-                            sb = tc_dot_ij(q_s[bh], q_e[bh], q_p[bh], i, kT_s[bh], kT_e[bh], kT_p[bh], j,
-                                           np.uint32(0), tcq[0], tcq[1], tcq[2], tcq[3])
-                            sv = _f32v(sb)
-                            if rec:
-                                hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                                led_err(L, FA2_S, sv, hi, lo)
-                        else:
-                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                            sv = hi + lo
+                        sv = tc_stage(L, rec, plan, FA2_S, hw, q_s[bh], q_e[bh], q_p[bh], q_v[bh], i,
+                                      kT_s[bh], kT_e[bh], kT_p[bh], kT_v[bh], j, D, 0.0, tcq)
                         S[jj] = sv
                         bm_raw = maxnum(bm_raw, sv)
                     else:
@@ -456,21 +463,9 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                     Pe[0, jj] = e_
                     Pp[0, jj] = p_
                 for d in range(D):
-                    if hw and plan[FA2_PV, P_EXACT]:
-                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, acc[d])
-                        acc[d] = R(L, rec, plan, FA2_PV, hi, lo, 0)
-                    elif hw:
-                        ab = tc_dot_ij(Ps, Pe, Pp, 0, v_s[bh, j0:j0 + block_n], v_e[bh, j0:j0 + block_n],
-                                       v_p[bh, j0:j0 + block_n], d, bits_of_f32value(acc[d]),
-                                       tcv[0], tcv[1], tcv[2], tcv[3])
-                        av = _f32v(ab)
-                        if rec:
-                            hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, acc[d])
-                            led_err(L, FA2_PV, av, hi, lo)
-                        acc[d] = av
-                    else:
-                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, acc[d])
-                        acc[d] = hi + lo
+                    acc[d] = tc_stage(L, rec, plan, FA2_PV, hw, Ps, Pe, Pp, Pv, 0, v_s[bh, j0:j0 + block_n],
+                                      v_e[bh, j0:j0 + block_n], v_p[bh, j0:j0 + block_n],
+                                      v_v[bh, j0:j0 + block_n], d, block_n, acc[d], tcv)
                 m = m_new
                 if dump:
                     mblk[bh, i, jb] = m
@@ -557,19 +552,8 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     j = j0 + jj
                     if valid_key(i, j, Nk, causal):
-                        if hw and plan[PP_S, P_EXACT]:
-                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                            sv = R(L, rec, plan, PP_S, hi, lo, 0)
-                        elif hw:
-                            sb = tc_dot_ij(q_s[bh], q_e[bh], q_p[bh], i, kT_s[bh], kT_e[bh], kT_p[bh], j,
-                                           np.uint32(0), tcq[0], tcq[1], tcq[2], tcq[3])
-                            sv = _f32v(sb)
-                            if rec:
-                                hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                                led_err(L, PP_S, sv, hi, lo)
-                        else:
-                            hi, lo = exact_dot(q_v[bh], i, kT_v[bh], j, D, 0.0)
-                            sv = hi + lo
+                        sv = tc_stage(L, rec, plan, PP_S, hw, q_s[bh], q_e[bh], q_p[bh], q_v[bh], i,
+                                      kT_s[bh], kT_e[bh], kT_p[bh], kT_v[bh], j, D, 0.0, tcq)
                         off = row * Nk + j
                         sc = R(L, rec, plan, PP_S_CAST, sv, 0.0, off)
                         s_ = cast_pair(L, rec, plan, PP_SS, PP_SS_CAST, sc * scale32, 0.0, off)
@@ -620,19 +604,9 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                     Pp[0, jj] = p_
                 for d in range(D):
                     doff = roff * D + d
-                    if hw and plan[PP_PV, P_EXACT]:
-                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, 0.0)
-                        pvv = R(L, rec, plan, PP_PV, hi, lo, 0)
-                    elif hw:
-                        ab = tc_dot_ij(Ps, Pe, Pp, 0, v_s[bh, j0:j0 + block_n], v_e[bh, j0:j0 + block_n],
-                                       v_p[bh, j0:j0 + block_n], d, np.uint32(0), tcv[0], tcv[1], tcv[2], tcv[3])
-                        pvv = _f32v(ab)
-                        if rec:
-                            hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, 0.0)
-                            led_err(L, PP_PV, pvv, hi, lo)
-                    else:
-                        hi, lo = exact_dot(Pv, 0, v_v[bh, j0:j0 + block_n], d, block_n, 0.0)
-                        pvv = hi + lo
+                    pvv = tc_stage(L, rec, plan, PP_PV, hw, Ps, Pe, Pp, Pv, 0, v_s[bh, j0:j0 + block_n],
+                                   v_e[bh, j0:j0 + block_n], v_p[bh, j0:j0 + block_n],
+                                   v_v[bh, j0:j0 + block_n], d, block_n, 0.0, tcv)
                     pvc = R(L, rec, plan, PP_PV_CAST, pvv, 0.0, doff)
                     O[d], Oc[d] = acc_update(L, rec, plan, PP_O_MUL, PP_O_MUL_CAST, PP_O_ADD, PP_O_ADD_CAST,
                                              alpha, O[d], pvc, Oc[d], comp_o, doff)
