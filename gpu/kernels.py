@@ -40,6 +40,74 @@ def _sr_bf16(x, seed, offs):
 _NO_SPEC = ["H", "Nq", "Nk", "NBLK", "CAUSAL", "seed_p", "seed_o"]
 
 
+@triton.jit
+def _top2_combine(a1, a2, b1, b2):
+    """(largest, second largest) of a multiset, NaN elements ignored; NaN in the
+    second slot means "fewer than two".  max.f32 ignores NaN; the NaN-propagating
+    min makes a NaN (or empty) side contribute nothing to the second slot."""
+    lo = tl.minimum(a1, b1, propagate_nan=tl.PropagateNan.ALL)
+    return tl.maximum(a1, b1), tl.maximum(tl.maximum(a2, b2), lo)
+
+
+@triton.jit
+def _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
+                Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
+                FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
+    """Key blocks lo..hi-1 of one row tile.  MASKED=False is only called for blocks
+    that every row of the tile sees whole (inside Nk, at or below the causal
+    diagonal): there the mask is all true, so leaving it out changes no bit."""
+    for jb in range(lo, hi):
+        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
+        k_ptrs = Kb + offs_n[None, :] * skn + offs_d[:, None] * skd
+        v_ptrs = Vb + offs_n[:, None] * svn + offs_d[None, :] * svd
+        if MASKED:
+            key_ok = offs_n < Nk
+            kT = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
+        else:
+            kT = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        qk = tl.dot(q, kT)
+        if MASKED:
+            valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+            qk = tl.where(valid, qk, float("-inf"))
+        if FIX:
+            if MASKED:
+                bm = tl.max(qk, 1) * qk_scale
+                thr = bm - eps2
+                n = tl.sum((valid & ((qk * qk_scale) >= thr[:, None])).to(tl.int32), 1)
+                two = n > 1
+            else:
+                # n > 1  <=>  the second largest score s2 (with multiplicity) passes
+                # fl(s2·c) >= thr: fl(x·c) is monotone in x and the largest always
+                # passes (thr = fl(max·c − ε') <= fl(max·c)); two ops per score
+                # instead of a multiply, compare and count
+                q1, q2 = tl.reduce((qk, tl.full(qk.shape, float("nan"), tl.float32)), 1, _top2_combine)
+                bm = q1 * qk_scale
+                thr = bm - eps2
+                two = (q2 * qk_scale) >= thr
+            bm = tl.where(two & (bm > 0), bm * beta, bm)
+            bm = tl.where(two & (bm < 0), 0.0, bm)
+        else:
+            bm = tl.max(qk, 1) * qk_scale
+        m_new = tl.maximum(m_i, bm)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        l_blk = tl.sum(p, 1)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + l_blk
+        acc = acc * alpha[:, None]
+        if P_SR:
+            pb = _sr_bf16(p, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
+        else:
+            pb = p.to(tl.bfloat16)
+        acc = tl.dot(pb, v, acc)
+        m_i = m_new
+        if DUMP:
+            tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
+            tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
+    return acc, m_i, l_i
+
+
 @triton.jit(do_not_specialize=_NO_SPEC)
 def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
              sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
@@ -58,45 +126,28 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     row_ok = offs_m < Nq
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_ok[:, None], other=0.0)
+    Kb = K + b * skb + h * skh
+    Vb = V + b * svb + h * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    # CAUSAL is a runtime flag (0/1): fewer compiled variants, same arithmetic
+    # CAUSAL is a runtime flag (0/1): fewer compiled variants, same arithmetic.
+    # Blocks 0..n_full-1 lie inside Nk and (causal) wholly at or below the
+    # diagonal of the tile's first row: no mask.  The rest (the tail block, the
+    # diagonal blocks) are masked.  The block order is unchanged.
     hi = Nk
+    full_keys = Nk
     if CAUSAL != 0:
         hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M)
-    for jb in range(0, (hi + BLOCK_N - 1) // BLOCK_N):
-        offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
-        key_ok = offs_n < Nk
-        kT = tl.load(K + b * skb + h * skh + offs_n[None, :] * skn + offs_d[:, None] * skd,
-                     mask=key_ok[None, :], other=0.0)
-        qk = tl.dot(q, kT)
-        valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
-        qk = tl.where(valid, qk, float("-inf"))
-        bm = tl.max(qk, 1) * qk_scale
-        if FIX:
-            thr = bm - eps2
-            hit = valid & ((qk * qk_scale) >= thr[:, None])
-            n = tl.sum(hit.to(tl.int32), 1)
-            bm = tl.where((n > 1) & (bm > 0), bm * beta, bm)
-            bm = tl.where((n > 1) & (bm < 0), 0.0, bm)
-        m_new = tl.maximum(m_i, bm)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        l_blk = tl.sum(p, 1)
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + l_blk
-        acc = acc * alpha[:, None]
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                    mask=key_ok[:, None], other=0.0)
-        if P_SR:
-            pb = _sr_bf16(p, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
-        else:
-            pb = p.to(tl.bfloat16)
-        acc = tl.dot(pb, v, acc)
-        m_i = m_new
-        if DUMP:
-            tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
-            tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
+        full_keys = tl.minimum(Nk, pid_m * BLOCK_M + 1)
+    n_full = full_keys // BLOCK_N
+    n_all = (hi + BLOCK_N - 1) // BLOCK_N
+    acc, m_i, l_i = _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, 0, n_full, offs_m, offs_d,
+                                row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
+                                P_SR, DUMP, False)
+    acc, m_i, l_i = _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, n_full, n_all, offs_m, offs_d,
+                                row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
+                                P_SR, DUMP, True)
     if DUMP:
         tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
     o = tl.math.div_rn(acc, l_i[:, None])

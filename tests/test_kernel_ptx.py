@@ -8,7 +8,8 @@ states, and the checks:
 
 fa2 (BLOCK_M = 128, BLOCK_N = 64, 8 warps; the wgmma layout gives each thread
 E = BLOCK_M·BLOCK_N/(32·warps) = 32 score elements in R = BLOCK_M/(8·warps) = 2
-rows):
+rows; the block loop is compiled twice, LOOPS = 2: the unmasked blocks, then the
+masked tail and diagonal blocks, so every per-block count below is per loop):
 * S = Q·Kᵀ and acc += P̄·V on ``wgmma.mma_async … k16.f32.bf16.bf16``:
   D/16 + BLOCK_N/16 instructions;
 * P̄ and α with ``ex2.approx.ftz.f32`` (E + R per thread), never ``ex2.approx.f32``;
@@ -16,6 +17,9 @@ rows):
   scale register c (the qk_scale parameter), each adding a ``neg.f32`` of m_new;
   the other fmas are l = l·α + l_blk, R of them.  With FIX the threshold
   max·c − ε' is an fma too: R more fmas by c, adding the negated ε' parameter;
+  the unmasked loop decides "two scores pass" from the second largest score
+  (``_top2_combine``: a NaN-propagating ``min.NaN.f32`` per score), the masked
+  loop by counting;
 * O = acc / l with ``div.rn.f32`` (IEEE), never ``div.full.f32`` / ``div.approx``;
 * casts ``cvt.rn.bf16x2.f32`` / ``cvt.rn.bf16.f32`` (round to nearest even);
 * row reductions by ``shfl.sync.bfly`` with lane offsets 2 then 1: each
@@ -180,6 +184,9 @@ class Ptx:
         return self.defs.get(reg, (None, None))
 
 
+LOOPS = 2  # fa2: the unmasked and the masked copy of the block loop
+
+
 def _geometry(BM, BN, nw):
     return BM * BN // (32 * nw), BM // (8 * nw)  # E (score elements per thread), R (rows per thread)
 
@@ -191,9 +198,9 @@ def test_fa2_units(D, ptx_of):
     p = ptx_of("_fa2_fwd", D=D)
     E, R = _geometry(128, 64, 8)
     wg = p.ops(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16")
-    assert len(wg) == D // 16 + 64 // 16, p.histogram()
+    assert len(wg) == LOOPS * (D // 16 + 64 // 16), p.histogram()
     assert p.count(r"wgmma\.mma_async.*") == len(wg)
-    assert p.count(r"ex2\.approx\.ftz\.f32") == E + R
+    assert p.count(r"ex2\.approx\.ftz\.f32") == LOOPS * (E + R)
     assert p.count(r"ex2\.approx\.f32") == 0
     assert p.count(r"div\.rn\.f32") == 128 * D // (32 * 8)
     assert p.count(r"div\.(full|approx).*") == 0
@@ -211,20 +218,24 @@ def test_fa2_exp2_argument_is_one_fma(fix, ptx_of):
     fmas = p.ops(r"fma\.rn\.f32")
     by_c = [o for _, o in fmas if c in (o[1], o[2])]
     others = [o for _, o in fmas if c not in (o[1], o[2])]
-    assert len(others) == R, "l = l·α + l_blk: one fma per thread-row"
+    assert len(others) == LOOPS * R, "l = l·α + l_blk: one fma per thread-row"
     x_fmas = [o for o in by_c if p.def_op(o[3])[0] == "neg.f32" and p.def_op(o[3])[1][1] != p.param_reg("eps2")]
-    assert len(x_fmas) == E, "x = S·c − m_new: one fma per score element"
+    assert len(x_fmas) == LOOPS * E, "x = S·c − m_new: one fma per score element"
     if fix:
         eps = p.param_reg("eps2")
         assert eps is not None
         thr = [o for o in by_c if p.def_op(o[3])[0] == "neg.f32" and p.def_op(o[3])[1][1] == eps]
-        assert len(thr) == R, "the fix's threshold max·c − ε': one fma per thread-row"
-        assert len(by_c) == E + R
+        assert len(thr) == LOOPS * R, "the fix's threshold max·c − ε': one fma per thread-row"
+        assert len(by_c) == LOOPS * (E + R)
+        # unmasked loop: the second largest score by NaN-propagating mins: E − R
+        # in-thread combines, then 2 butterfly steps per row
+        assert p.count(r"min\.NaN\.f32") == E - R + 2 * R
     else:
-        assert len(by_c) == E
+        assert len(by_c) == LOOPS * E
+        assert p.count(r"min\.NaN\.f32") == 0
         assert not p.loads_param("eps2") and not p.loads_param("beta")
     n0 = ptx_of("_fa2_fwd", fix=False).count(r"fma\.rn\.f32")
-    assert p.count(r"fma\.rn\.f32") == n0 + (R if fix else 0)
+    assert p.count(r"fma\.rn\.f32") == n0 + (LOOPS * R if fix else 0)
 
 
 @pytest.mark.parametrize("name", ["_fa2_fwd", "_paper_fwd"])

@@ -34,6 +34,7 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
+import triton.language as tl  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.language.standard")).values()):
@@ -46,6 +47,7 @@ if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.
     import triton  # noqa: E402
 
 import gpu  # noqa: E402
+import gpu.interpreter_compat  # noqa: E402
 import gpu.kernels  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
@@ -64,7 +66,9 @@ def _interpret(monkeypatch):
 
 
 # (Nq, Nk, D): odd lengths, one-row and one-key problems, more key blocks than a causal row visits
-SHAPES = [(1, 1, 64), (17, 33, 128), (70, 97, 64), (70, 130, 128), (1, 130, 64), (70, 1, 64)]
+# (150, 200): causal row tiles past the first, whose blocks below the diagonal take the
+# unmasked loop
+SHAPES = [(1, 1, 64), (17, 33, 128), (70, 97, 64), (70, 130, 128), (1, 130, 64), (70, 1, 64), (150, 200, 64)]
 CONFIGS = [(recipe, causal, fix, rounding) for recipe in ("fa2", "paper") for causal in (False, True)
            for fix in (None, "paper") for rounding in ("rne", "sr")]
 
@@ -135,6 +139,68 @@ def test_interpreted_kernel_semantics(recipe, causal, fix, rounding):
         err_lse = np.abs(_np(dump.lse) - ref_lse)
         assert np.all(err_lse <= tol_lse), f"{what}: lse error / bound {np.max(err_lse / tol_lse):.3f}"
     print(f"\n{recipe} causal={causal} fix={fix} {rounding}: largest error / bound {worst:.3f}")
+
+
+@triton.jit
+def _fix_decisions(X, COUNT, TOP2, c, eps2, BLOCK: tl.constexpr):
+    """Per row of X: the paper fix's "n > 1" as the masked loop decides it (count
+    scores with fl(s·c) >= thr) and as the unmasked loop does (second largest)."""
+    r = tl.program_id(0)
+    s = tl.load(X + r * BLOCK + tl.arange(0, BLOCK))[None, :]
+    thr = tl.max(s, 1) * c - eps2
+    n = tl.sum(((s * c) >= thr[:, None]).to(tl.int32), 1)
+    q1, q2 = tl.reduce((s, tl.full(s.shape, float("nan"), tl.float32)), 1, gpu.kernels._top2_combine)
+    thr2 = q1 * c - eps2
+    tl.store(COUNT + r + tl.arange(0, 1), (n > 1).to(tl.int32))
+    tl.store(TOP2 + r + tl.arange(0, 1), ((q2 * c) >= thr2).to(tl.int32))
+
+
+def test_fix_second_largest_decides_like_the_count():
+    """The unmasked loop's shortcut (gpu.kernels._top2_combine) against the
+    definition, on rows built to break it: NaN, ±inf, ±0, duplicated maxima, one
+    score just inside and just outside ε, all-NaN rows and single finite scores.
+    (The interpreter's arithmetic is numpy's; the decision logic is what is tested
+    here; its bits on the H200 are checked by crosscheck.)"""
+    rng = np.random.default_rng(7)
+    B = 64
+    c, eps2 = np.float32(0.18033688), np.float32(1.4426950e-3)
+    rows = []
+    for _ in range(400):
+        x = (rng.standard_normal(B) * rng.choice([1.0, 30.0])).astype(np.float32)
+        kind = rng.integers(0, 9)
+        j, k = rng.choice(B, 2, replace=False)
+        if kind == 1:
+            x[k] = x[j]
+        elif kind == 2:  # second score eps/c away from the first, ± an ulp or two
+            x[j] = np.float32(x.max() + 1)
+            x[k] = np.float32(x[j] - eps2 / c) + np.float32(rng.integers(-3, 4)) * np.spacing(x[j])
+        elif kind == 3:
+            x[rng.random(B) < 0.5] = np.nan
+        elif kind == 4:
+            x[:] = np.nan
+            x[j] = rng.choice([-np.inf, np.inf, 0.0, 1.0])
+            if rng.random() < 0.5:
+                x[k] = x[j] if rng.random() < 0.5 else -x[j]
+        elif kind == 5:
+            x[:] = -np.inf
+            x[rng.random(B) < 0.3] = np.nan
+        elif kind == 6:
+            x[:] = rng.choice([0.0, -0.0], B)
+        elif kind == 7:
+            x[j] = rng.choice([np.inf, -np.inf])
+            x[k] = rng.choice([np.inf, -np.inf, np.nan])
+        elif kind == 8:
+            x[:] = np.float32(-1e30)
+            x[j] = np.float32(-1e30 + 1e24)
+        rows.append(x)
+    gpu.interpreter_compat.apply()  # maxnum as the GPU's max.f32: NaN-ignoring
+    X = torch.from_numpy(np.stack(rows))
+    count = torch.zeros(len(rows), dtype=torch.int32)
+    top2 = torch.zeros(len(rows), dtype=torch.int32)
+    _fix_decisions[(len(rows),)](X, count, top2, float(c), float(eps2), BLOCK=B)
+    assert count.sum() > 50 and (count == 0).sum() > 50, "the rows should exercise both decisions"
+    bad = np.nonzero(count.numpy() != top2.numpy())[0]
+    assert bad.size == 0, [(rows[i].tolist(), int(count[i]), int(top2[i])) for i in bad[:3]]
 
 
 def test_interpreter_sr_is_seeded():

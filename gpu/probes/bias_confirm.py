@@ -4,7 +4,7 @@ the emulator on the same inputs (production launch: out, m, l).
 
     PYTHONPATH=. python -m gpu.probes.bias_confirm OUT.json [RECORD.npz]
 
-β = 4 and 8 are run with rne only (β is a runtime argument: no new arithmetic path).
+Every fix (none, paper β = 2, 4, 8) with rne and with sr of the P̄ and output casts.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv=None):
         q, k, v = regime_inputs(regime)
         for recipe in ("paper", "fa2"):
             for fix, beta in FIXES:
-                for rounding in ("rne", "sr") if beta == 2.0 else ("rne",):
+                for rounding in ("rne", "sr"):
                     cfg = Config(recipe=recipe, fix=fix, rounding=rounding, seed=0, beta=beta)
                     g = gpu_side(q, k, v, False, cfg, dump=False)
                     case = regime_case(regime)
