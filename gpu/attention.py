@@ -74,12 +74,13 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
 
 def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, rounding=None,
                     seed=None, dump=False, eps=None, beta=None, block_m=None, block_n=None,
-                    num_warps=None, num_stages=2) -> GpuAttentionResult:
+                    num_warps=None, num_stages=3) -> GpuAttentionResult:
     """Forward attention on the GPU with the recipe's arithmetic (bit-identical to the emulator).
 
     q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and
     k lengths may differ.  Other arguments as :func:`emulator.flash_attention`;
-    ``num_stages`` (software pipelining depth) changes speed, never bits.
+    ``num_stages`` (software pipelining depth) changes speed, never bits; 3 is the
+    fastest fa2 setting measured on the H200 (benchmarks/results/h200_attention_bench.json).
     """
     torch = _require_torch()
     import triton

@@ -108,7 +108,7 @@ def _compile_variants(variants):
             else:
                 sig[a] = "i32"
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=nw, num_stages=2))
+                           options=dict(num_warps=nw, num_stages=3))
         out[json.dumps([name, D, fix, psr, osr, dump])] = (k.asm["ptx"], [p.name for p in fn.params
                                                                           if not p.is_constexpr])
     return out

@@ -8,6 +8,8 @@
 # a time cap (CAP seconds) so one slow step cannot eat the call):
 #   bench      gpu.bench: fa2 (with/without fix) vs FlexAttention, SDPA flash/cuDNN
 #   fa2        crosscheck fa2 × {no fix, paper fix} × {rne, sr}, production + dump
+#   fa2nofix, fa2fix   the same, one fix each (a 1000-case fa2 step takes ~3 min per
+#              configuration on 16 cores: two calls hold the four)
 #   paperfix   crosscheck paper × paper fix × {rne, sr}, production + dump
 #   papernofix crosscheck paper × no fix × {rne, sr}, production + dump
 #   bias       gpu.probes.bias_confirm: every kernel cell of the bias study
@@ -30,12 +32,14 @@ for step in "$@"; do
            timeout "${CAP:-300}" python -m gpu.bench --json "$OUT/bench/bench.json" ${BENCH_ARGS:-} 2>&1 \
              | tail -n 30 ;;
     fa2) cc fa2 --recipes fa2 ;;
+    fa2nofix) cc fa2nofix --recipes fa2 --fixes none ;;
+    fa2fix) cc fa2fix --recipes fa2 --fixes paper ;;
     paperfix) cc paperfix --recipes paper --fixes paper ;;
     papernofix) cc papernofix --recipes paper --fixes none ;;
     bias) mkdir -p "$OUT/bias"
           timeout "${CAP:-300}" python -m gpu.probes.bias_confirm "$OUT/bias/bias_gpu_confirmation.json" \
             "$OUT/bias/attention_bias_golden.npz" 2>&1 ;;
-    *) echo "unknown step $step (bench, fa2, paperfix, papernofix, bias)"; exit 2 ;;
+    *) echo "unknown step $step (bench, fa2, fa2nofix, fa2fix, paperfix, papernofix, bias)"; exit 2 ;;
   esac
   echo "== $step: $(( $(date +%s) - t0 )) s"
 done

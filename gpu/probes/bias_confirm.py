@@ -31,6 +31,7 @@ def main(argv=None):
     out = args[0]
     record_path = args[1] if len(args) > 1 else None
     t0 = time.time()
+    prov = provenance()
     cells = []
     entries = []
     for regime in REGIMES:
@@ -50,12 +51,13 @@ def main(argv=None):
                                   "mismatches": r["mismatches"], "first_mismatch": r["first_mismatch"]})
         print(f"{regime}: {sum(c['mismatches'] for c in cells if c['regime'] == regime)} mismatching, "
               f"{time.time() - t0:.0f}s", flush=True)
-    res = {"provenance": provenance(), "cells": cells, "seconds": round(time.time() - t0, 1),
-           "mismatches": sum(c["mismatches"] for c in cells), "elements": sum(c["elements"] for c in cells)}
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1, default=str)
-    if record_path:
-        save_record(record_path, entries, res["provenance"])
+        # after every regime: a run cut short still leaves the cells it finished
+        res = {"provenance": prov, "cells": cells, "seconds": round(time.time() - t0, 1),
+               "mismatches": sum(c["mismatches"] for c in cells), "elements": sum(c["elements"] for c in cells)}
+        with open(out, "w") as f:
+            json.dump(res, f, indent=1, default=str)
+        if record_path:
+            save_record(record_path, entries, prov)
     print(f"bias confirmation: {len(cells)} cells, {res['elements']} elements, {res['mismatches']} mismatching")
     return 0
 
