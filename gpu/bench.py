@@ -22,7 +22,7 @@ def main(argv=None):
     ap.add_argument("--H", type=int, default=16)
     ap.add_argument("--N", type=int, default=4096)
     ap.add_argument("--D", type=int, default=128)
-    ap.add_argument("--variants", default="128x64w8s2,128x64w8s3,128x64w8s4,64x64w4s3",
+    ap.add_argument("--variants", default="128x64w8s3,128x64w8s2,128x64w8s4,64x64w4s3",
                     help="fa2 tile variants BMxBNwWARPSsSTAGES")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
@@ -83,8 +83,10 @@ def main(argv=None):
         if "ms" in r:
             print(f"{r['kernel']:<34}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
     if args.json:
+        from gpu.probes.provenance import provenance
+
         with open(args.json, "w") as f:
-            json.dump({"shape": [B, H, N, D], "rows": rows}, f, indent=1)
+            json.dump({"provenance": provenance(), "shape": [B, H, N, D], "rows": rows}, f, indent=1)
     return 0
 
 

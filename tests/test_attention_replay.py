@@ -1,8 +1,9 @@
 """Replay the H200 golden records of the attention kernels through the emulator, bit for bit.
 
-* ``attention_golden.npz`` — recipe ``paper`` without fix, ``rne`` and ``sr``,
-  production launch and dump launch (m, l after every key block, the
-  accumulator before the division);
+* ``attention_golden.npz`` — the first 3 cases of each crosscheck
+  configuration, {fa2, paper} × {no fix, paper fix} × {rne, sr}, production
+  launch and dump launch (m, l after every key block, the accumulator before the
+  division); reports in ``tests/data/hw/crosscheck/``;
 * ``attention_bias_golden.npz`` — cells of the bias study (4096 × 64 × 64):
   ``fa2`` and ``paper``, with and without the paper fix, production outputs.
 
@@ -48,11 +49,12 @@ def test_record_provenance(path):
 
 
 def test_golden_record_covers_what_it_claims():
-    """paper recipe, no fix, rne and sr; both launches; the dump tensors hold the
-    NaN padding of rows that visit fewer key blocks, and the GPU's out is bf16 codes."""
+    """Every kernel configuration (both recipes, with and without the fix, rne and
+    sr); both launches; the dump tensors hold the NaN padding of rows that visit
+    fewer key blocks, and the GPU's out is bf16 codes."""
     entries, _ = load_record(GOLDEN)
     cfgs = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding) for e in entries}
-    assert cfgs == {("paper", None, "rne"), ("paper", None, "sr")}
+    assert cfgs == {(r, f, rd) for r in ("fa2", "paper") for f in (None, "paper") for rd in ("rne", "sr")}
     for e in entries:
         assert e["prod"] is not None and e["dump"] is not None
         assert set(e["dump"]) >= {"out", "m", "l", "m_blocks", "l_blocks", "acc"}

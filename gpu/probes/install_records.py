@@ -1,10 +1,19 @@
-"""Install the output of ``gpu.probes.run_all`` into the repository.
+"""Install GPU outputs into the repository.
 
     PYTHONPATH=. python -m gpu.probes.install_records OUTDIR
+    PYTHONPATH=. python -m gpu.probes.install_records --attention OUTDIR [OUTDIR...]
 
-copies the golden records into ``tests/data/hw/`` and turns the captured
-MUFU.EX2 tables into the package data ``emulator/hw/data/sfu_exp2_sm90.npz``
-(only the 2^F entries the chosen model reads, delta-coded).
+The first form takes ``gpu.probes.run_all``'s output: it copies the golden
+records into ``tests/data/hw/`` and turns the captured MUFU.EX2 tables into the
+package data ``emulator/hw/data/sfu_exp2_sm90.npz`` (only the 2^F entries the
+chosen model reads, delta-coded).
+
+The second takes the step folders of ``gpu/probes/attention_checks.sh`` (one or
+more calls' OUT): every crosscheck step's report becomes
+``tests/data/hw/crosscheck/<step>.{md,json}`` and the entries of all their
+records are merged into ``tests/data/hw/attention_golden.npz`` (provenance: the
+first record's, with every record's under ``runs``); the bias step's files are
+copied as they are.
 """
 
 from __future__ import annotations
@@ -52,7 +61,39 @@ def install(outdir: str) -> None:
         print(f"installed {os.path.relpath(DATA, ROOT)} ({os.path.getsize(DATA) / 2**20:.2f} MiB, F={F})")
 
 
+def install_attention(outdirs: list[str]) -> None:
+    from crosscheck.record import load_record, save_record
+
+    hw = os.path.join(ROOT, "tests", "data", "hw")
+    reports = os.path.join(hw, "crosscheck")
+    os.makedirs(reports, exist_ok=True)
+    entries, runs = [], []
+    for outdir in outdirs:
+        for step in sorted(os.listdir(outdir)):
+            d = os.path.join(outdir, step)
+            if os.path.exists(os.path.join(d, "crosscheck.json")):
+                for ext in ("md", "json"):
+                    shutil.copy(os.path.join(d, f"crosscheck.{ext}"), os.path.join(reports, f"{step}.{ext}"))
+                rec = os.path.join(d, "attention_golden.npz")
+                if os.path.exists(rec):
+                    ents, prov = load_record(rec)
+                    entries += ents
+                    runs.append({"step": step, **prov})
+                print(f"installed tests/data/hw/crosscheck/{step}.md, .json")
+            for name in ("bias_gpu_confirmation.json", "attention_bias_golden.npz"):
+                if os.path.exists(os.path.join(d, name)):
+                    shutil.copy(os.path.join(d, name), os.path.join(hw, name))
+                    print(f"installed tests/data/hw/{name}")
+    if entries:
+        prov = {**{k: v for k, v in runs[0].items() if k != "step"}, "runs": runs}
+        save_record(os.path.join(hw, "attention_golden.npz"), entries, prov)
+        print(f"installed tests/data/hw/attention_golden.npz ({len(entries)} entries from {len(runs)} records)")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--attention":
+        install_attention(sys.argv[2:])
+    elif len(sys.argv) == 2 and not sys.argv[1].startswith("-"):
+        install(sys.argv[1])
+    else:
         sys.exit(__doc__)
-    install(sys.argv[1])
