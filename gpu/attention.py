@@ -103,6 +103,9 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim {D} is not supported by the kernels; supported: {SUPPORTED_HEAD_DIMS} "
                          "(the emulator takes any head dim up to 256)")
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 1 <= num_stages <= 8:
+        raise ValueError(f"num_stages must be an int from 1 to 8 (software pipelining depth; speed only), "
+                         f"got {num_stages!r}")
     if Nq < 1 or Nk < 1:
         raise ValueError(f"sequence lengths must be >= 1, got {Nq}, {Nk}")
     rec = get_recipe(recipe)

@@ -16,6 +16,13 @@ performs exactly the roundings the emulator models:
 ``DUMP`` (constexpr) also stores m and l after every key block and the
 accumulator before the division; the production launch (``DUMP=False``) must
 give the same bits (crosscheck checks both).
+
+fa2 compiles its key-block loop twice (``_fa2_blocks``): without masks for the
+blocks every row of the tile sees whole, with masks for the tail and diagonal
+blocks; same blocks, same order, same operations, and in unmasked blocks the
+paper fix's count is decided from the second largest score (exact: see
+docs/hardware.md, "The attention kernels").  The paper kernel keeps one masked
+loop: its speed is not a target.
 """
 
 from __future__ import annotations

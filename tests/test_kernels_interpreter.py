@@ -223,3 +223,5 @@ def test_kernel_wrapper_refuses_what_it_cannot_do():
         gpu.flash_attention(q, k, v, recipe="paper", rounding="rz")
     with pytest.raises(TypeError, match="bfloat16"):
         gpu.flash_attention(q.float(), k, v)
+    with pytest.raises(ValueError, match="num_stages"):
+        gpu.flash_attention(q, k, v, num_stages=0)

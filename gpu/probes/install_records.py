@@ -13,7 +13,8 @@ more calls' OUT): every crosscheck step's report becomes
 ``tests/data/hw/crosscheck/<step>.{md,json}`` and the entries of all their
 records are merged into ``tests/data/hw/attention_golden.npz`` (provenance: the
 first record's, with every record's under ``runs``); the bias step's files are
-copied as they are.
+copied as they are, and the bench step's ``bench.json`` becomes
+``benchmarks/results/h200_attention_bench.json``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def install_attention(outdirs: list[str]) -> None:
                     entries += ents
                     runs.append({"step": step, **prov})
                 print(f"installed tests/data/hw/crosscheck/{step}.md, .json")
+            if os.path.exists(os.path.join(d, "bench.json")):
+                shutil.copy(os.path.join(d, "bench.json"),
+                            os.path.join(ROOT, "benchmarks", "results", "h200_attention_bench.json"))
+                print("installed benchmarks/results/h200_attention_bench.json")
             for name in ("bias_gpu_confirmation.json", "attention_bias_golden.npz"):
                 if os.path.exists(os.path.join(d, name)):
                     shutil.copy(os.path.join(d, name), os.path.join(hw, name))
