@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The attention kernels' GPU evidence, in one device call (docs/hardware.md, "Regenerate").
+# The attention kernels' GPU evidence (docs/hardware.md, "The attention kernels").
 #
 #   FLASHBITS_COMMIT=$(git rev-parse --short HEAD) OUT=DIR bash gpu/probes/attention_checks.sh STEP...
 #
@@ -8,8 +8,9 @@
 # a time cap (CAP seconds) so one slow step cannot eat the call):
 #   bench      gpu.bench: fa2 (with/without fix) vs FlexAttention, SDPA flash/cuDNN
 #   fa2        crosscheck fa2 × {no fix, paper fix} × {rne, sr}, production + dump
-#   fa2nofix, fa2fix   the same, one fix each (a 1000-case fa2 step takes ~3 min per
-#              configuration on 16 cores: two calls hold the four)
+#   fa2nofix, fa2fix   the same, one fix each.  At 1000 cases a configuration takes
+#              80-110 s on 16 cores, so a 10-minute device call holds about five
+#              configurations: split the steps over calls as the README shows
 #   paperfix   crosscheck paper × paper fix × {rne, sr}, production + dump
 #   papernofix crosscheck paper × no fix × {rne, sr}, production + dump
 #   bias       gpu.probes.bias_confirm: every kernel cell of the bias study
