@@ -226,7 +226,8 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         q_s, q_e, q_p = decode_operands(qf, tc_in)
         k_s, k_e, k_p = decode_operands(kT, tc_in)
         v_s, v_e, v_p = decode_operands(vf, fv.name)
-        tpos, tneg, _ = load_exp2_tables("sm90")
+        tpos, tneg, ex2 = load_exp2_tables("sm90")
+        ex2p = (int(ex2["F"]), bool(ex2["round_key"]), bool(ex2["twos"]), np.uint32(ex2["nan_code"]))
         out = np.empty((BH, Nq, D))
         m_out = np.empty((BH, Nq))
         l_out = np.empty((BH, Nq))
@@ -244,16 +245,16 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
             eps2 = f32(fx.eps * L2E) if fx else 0.0
             delta2 = f32(fx.delta * L2E) if fx else 0.0
             K.fa2_rows(*common, c, _fix_kind(fx), eps2, f32(fx.beta) if fx else 1.0, delta2,
-                       plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
-                       arith, out, m_out, l_out, acc, mblk, lblk, ledgers)
+                       plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, ex2p, not fp64, bool(record),
+                       bool(keep), arith, out, m_out, l_out, acc, mblk, lblk, ledgers)
             with np.errstate(divide="ignore", invalid="ignore"):
                 lse = m_out * math.log(2.0) + np.log(l_out)
         else:
             f32 = (lambda x: x) if fp64 else (lambda x: float(np.float32(x)))
             K.paper_rows(*common, f32(sc), _fix_kind(fx), f32(fx.eps) if fx else 0.0,
                          f32(fx.beta) if fx else 1.0, f32(fx.delta) if fx else 0.0,
-                         plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, not fp64, bool(record), bool(keep),
-                         arith, rec.stages["l_add_cast"].accumulation == "compensated",
+                         plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, ex2p, not fp64, bool(record),
+                         bool(keep), arith, rec.stages["l_add_cast"].accumulation == "compensated",
                          rec.stages["O_add_cast"].accumulation == "compensated",
                          out, m_out, l_out, acc, mblk, lblk, ledgers)
             with np.errstate(divide="ignore", invalid="ignore"):

@@ -19,7 +19,7 @@ import numba as nb
 import numpy as np
 
 from ..exact import f64_to_bits, rnd, rnd_add, rnd_div, rnd_fma, rnd_mul, two_sum
-from ..hw.sfu import _mufu_ex2
+from ..hw.sfu import ex2_approx
 from ..hw.tensor_core import tc_dot_ij
 from ..philox import randint_word
 from ..rounding import (FLAG_AWAY, FLAG_INEXACT, FLAG_NEAR_TIE, FLAG_OVERFLOW, FLAG_SPECIAL, FLAG_TIE,
@@ -111,71 +111,65 @@ def led_err(L, st, res, ex_hi, ex_lo):
     L[st, F_N] += 1.0
 
 
-@nb.njit(cache=True, error_model="numpy")
-def R(L, rec, plan, st, hi, lo, offset):
-    """Round the exact hi + lo by stage ``st`` of the plan (and record it)."""
-    mode = plan[st, P_MODE]
-    w = np.uint64(0)
-    if mode == 5:
-        w = randint_word(np.uint64(plan[st, P_SEED]), offset)
-    tgt = (plan[st, P_MANT], plan[st, P_EMIN], plan[st, P_EMAX], plan[st, P_MAXSIG], plan[st, P_HASINF])
-    v, err, fl = rnd(hi, lo, tgt, mode, w, plan[st, P_RBITS], plan[st, P_SAT] != 0)
-    if rec:
-        led(L, st, err, fl)
-    return v
-
-
 @nb.njit(inline="always", error_model="numpy")
 def tgt_of(plan, st):
     return (plan[st, P_MANT], plan[st, P_EMIN], plan[st, P_EMAX], plan[st, P_MAXSIG], plan[st, P_HASINF])
 
 
-@nb.njit(cache=True, error_model="numpy")
-def R_add(L, rec, plan, st, a, b, offset):
-    mode = plan[st, P_MODE]
-    w = np.uint64(0)
-    if mode == 5:
-        w = randint_word(np.uint64(plan[st, P_SEED]), offset)
-    v, err, fl = rnd_add(a, b, tgt_of(plan, st), mode, w, plan[st, P_RBITS], plan[st, P_SAT] != 0)
+@nb.njit(inline="always", error_model="numpy")
+def stage_word(plan, st, offset):
+    """The random word of stage ``st``'s rounding: Philox at ``offset`` for sr (mode 5), else 0."""
+    if plan[st, P_MODE] == 5:
+        return randint_word(np.uint64(plan[st, P_SEED]), offset)
+    return np.uint64(0)
+
+
+@nb.njit(inline="always", error_model="numpy")
+def kept(L, rec, st, v, err, fl):
+    """v, after recording its rounding (err, flags) in ledger row ``st`` when ``rec``."""
     if rec:
         led(L, st, err, fl)
     return v
+
+
+@nb.njit(cache=True, error_model="numpy")
+def R(L, rec, plan, st, hi, lo, offset):
+    """hi + lo (exact) rounded once by stage ``st``'s format/mode, in the ledger if ``rec``."""
+    v, err, fl = rnd(hi, lo, tgt_of(plan, st), plan[st, P_MODE], stage_word(plan, st, offset),
+                     plan[st, P_RBITS], plan[st, P_SAT] != 0)
+    return kept(L, rec, st, v, err, fl)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def R_add(L, rec, plan, st, a, b, offset):
+    """a + b computed exactly, rounded once by stage ``st``'s format/mode, in the ledger if ``rec``."""
+    v, err, fl = rnd_add(a, b, tgt_of(plan, st), plan[st, P_MODE], stage_word(plan, st, offset),
+                         plan[st, P_RBITS], plan[st, P_SAT] != 0)
+    return kept(L, rec, st, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
 def R_mul(L, rec, plan, st, a, b, offset):
-    mode = plan[st, P_MODE]
-    w = np.uint64(0)
-    if mode == 5:
-        w = randint_word(np.uint64(plan[st, P_SEED]), offset)
-    v, err, fl = rnd_mul(a, b, tgt_of(plan, st), mode, w, plan[st, P_RBITS], plan[st, P_SAT] != 0)
-    if rec:
-        led(L, st, err, fl)
-    return v
+    """a · b computed exactly, rounded once by stage ``st``'s format/mode, in the ledger if ``rec``."""
+    v, err, fl = rnd_mul(a, b, tgt_of(plan, st), plan[st, P_MODE], stage_word(plan, st, offset),
+                         plan[st, P_RBITS], plan[st, P_SAT] != 0)
+    return kept(L, rec, st, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
 def R_fma(L, rec, plan, st, a, b, c, offset):
-    mode = plan[st, P_MODE]
-    w = np.uint64(0)
-    if mode == 5:
-        w = randint_word(np.uint64(plan[st, P_SEED]), offset)
-    v, err, fl = rnd_fma(a, b, c, tgt_of(plan, st), mode, w, plan[st, P_RBITS], plan[st, P_SAT] != 0)
-    if rec:
-        led(L, st, err, fl)
-    return v
+    """a·b + c exact (a, b ≤ 26 bits), rounded once by stage ``st``'s format/mode, in the ledger if ``rec``."""
+    v, err, fl = rnd_fma(a, b, c, tgt_of(plan, st), plan[st, P_MODE], stage_word(plan, st, offset),
+                         plan[st, P_RBITS], plan[st, P_SAT] != 0)
+    return kept(L, rec, st, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
 def R_div(L, rec, plan, st, a, b, offset):
-    mode = plan[st, P_MODE]
-    w = np.uint64(0)
-    if mode == 5:
-        w = randint_word(np.uint64(plan[st, P_SEED]), offset)
-    v, err, fl = rnd_div(a, b, tgt_of(plan, st), mode, w, plan[st, P_RBITS], plan[st, P_SAT] != 0)
-    if rec:
-        led(L, st, err, fl)
-    return v
+    """a / b computed exactly, rounded once by stage ``st``'s format/mode, in the ledger if ``rec``."""
+    v, err, fl = rnd_div(a, b, tgt_of(plan, st), plan[st, P_MODE], stage_word(plan, st, offset),
+                         plan[st, P_RBITS], plan[st, P_SAT] != 0)
+    return kept(L, rec, st, v, err, fl)
 
 
 # --------------------------------------------------------------------------
@@ -219,31 +213,22 @@ def bits_of_f32value(v):
 
 
 @nb.njit(cache=True, error_model="numpy")
-def mufu(x, tpos, tneg, ftz):
-    """MUFU.EX2 (ftz) or ex2.approx.f32 (non-ftz) of the float32 value x."""
-    xb = bits_of_f32value(x)
-    if ftz:
-        return _f32v(_mufu_ex2(xb, tpos, tneg, 23, False, False, np.uint32(0x7FFFFFFF)))
-    if x < -126.0:
-        r = _f32v(_mufu_ex2(np.uint32(xb - np.uint32(1 << 23)), tpos, tneg, 23, False, False,
-                            np.uint32(0x7FFFFFFF)))
-        return r  # squared by the caller (an IEEE multiply)
-    return _f32v(_mufu_ex2(xb, tpos, tneg, 23, False, False, np.uint32(0x7FFFFFFF)))
+def mufu(x, tpos, tneg, ftz, ex2p):
+    """ex2.approx.ftz.f32 (ftz: MUFU.EX2) or ex2.approx.f32 of the float32 value x, by the
+    :mod:`emulator.hw.sfu` table model; ``ex2p`` = (F, round_key, twos, nan_code)."""
+    F, round_key, twos, nan_code = ex2p
+    return _f32v(ex2_approx(bits_of_f32value(x), tpos, tneg, F, round_key, twos, nan_code, ftz))
 
 
 @nb.njit(cache=True, error_model="numpy")
-def ex2_unit(L, rec, plan, st, x, tpos, tneg, ftz, hw, f32t):
+def ex2_unit(L, rec, plan, st, x, tpos, tneg, ftz, hw, ex2p):
     """The recipe's exp2 unit on x: hardware model (hw) or float64 exp2; recorded.
     With the stage's ``exact`` flag (ablation): exp2 in float64, rounded once to fp32."""
     if not hw:
         return math.exp2(x)
     if plan[st, P_EXACT]:
         return R(L, rec, plan, st, math.exp2(x) if x == x else np.nan, 0.0, 0)
-    if ftz or not x < -126.0:
-        r = mufu(x, tpos, tneg, ftz)
-    else:
-        h = mufu(x, tpos, tneg, False)
-        r, _, _ = rnd_mul(h, h, f32t, 0, np.uint64(0), 32, False)
+    r = mufu(x, tpos, tneg, ftz, ex2p)
     if rec:
         led_err(L, st, r, math.exp2(x) if x == x else np.nan, 0.0)
     return r
@@ -371,17 +356,18 @@ def valid_key(i, j, Nk, causal):
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
              Nk, causal, block_m, block_n, c_scale, fix_kind, eps2, beta, delta2,
-             plan, tcq, tcv, p_mant, p_emin, tpos, tneg, hw, rec, dump, arith,
+             plan, tcq, tcv, p_mant, p_emin, tpos, tneg, ex2p, hw, rec, dump, arith,
              out, m_out, l_out, acc_out, mblk, lblk, ledgers):
     """The fa2 recipe (docs/recipes.md) for every row of every (batch·head).
 
     ``arith``: the target tuple of the recipe's un-staged arithmetic (the fix's
-    comparisons): fp32 with ``hw``, fp64 without.
+    comparisons): fp32 with ``hw``, fp64 without.  ``tpos``, ``tneg``, ``ex2p``:
+    the MUFU.EX2 tables and model parameters (F, round_key, twos, nan_code) of
+    :func:`emulator.hw.sfu.load_exp2_tables`.
     """
     BH, Nq, D = q_v.shape
     R_total = BH * Nq
     nch = ledgers.shape[0]
-    f32t = (23, -126, 127, (1 << 24) - 1, 1)
     for ch in nb.prange(nch):
         L = ledgers[ch]
         S = np.empty(block_n)
@@ -441,12 +427,12 @@ def fa2_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 for jj in range(block_n):
                     if valid_key(i, j0 + jj, Nk, causal):
                         x = R_fma(L, rec, plan, FA2_X, S[jj], c_scale, -m_new, 0)
-                        P[jj] = ex2_unit(L, rec, plan, FA2_P, x, tpos, tneg, True, hw, f32t)
+                        P[jj] = ex2_unit(L, rec, plan, FA2_P, x, tpos, tneg, True, hw, ex2p)
                     else:
                         P[jj] = 0.0
                 l_blk = row_tree_sum(L, rec, plan, FA2_L_BLK, P, block_n)
                 a_arg = R_add(L, rec, plan, FA2_ALPHA_ARG, m, -m_new, 0)
-                alpha = ex2_unit(L, rec, plan, FA2_ALPHA, a_arg, tpos, tneg, True, hw, f32t)
+                alpha = ex2_unit(L, rec, plan, FA2_ALPHA, a_arg, tpos, tneg, True, hw, ex2p)
                 l = R_fma(L, rec, plan, FA2_L, l, alpha, l_blk, 0)
                 for d in range(D):
                     acc[d] = R_mul(L, rec, plan, FA2_ACC_SCALE, acc[d], alpha, 0)
@@ -514,14 +500,13 @@ def acc_update(L, rec, plan, st_mul, st_mul_cast, st_add, st_add_cast, alpha, x,
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                Nk, causal, block_m, block_n, scale32, fix_kind, eps32, beta, delta32,
-               plan, tcq, tcv, p_mant, p_emin, tpos, tneg, hw, rec, dump, arith, comp_l, comp_o,
+               plan, tcq, tcv, p_mant, p_emin, tpos, tneg, ex2p, hw, rec, dump, arith, comp_l, comp_o,
                out, m_out, l_out, acc_out, mblk, lblk, ledgers):
     """The paper recipe (docs/recipes.md): every tensor bf16, natural-log domain."""
     BH, Nq, D = q_v.shape
     R_total = BH * Nq
     nch = ledgers.shape[0]
     nblk_max = (Nk + block_n - 1) // block_n
-    f32t = (23, -126, 127, (1 << 24) - 1, 1)
     log2e = LOG2E_F32 if hw else 1.4426950408889634
     for ch in nb.prange(nch):
         L = ledgers[ch]
@@ -584,7 +569,7 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                         off = row * Nk + j
                         dd = R(L, rec, plan, PP_D_CAST, R_add(L, rec, plan, PP_D, S[jj], -m_new, 0), 0.0, off)
                         ea = R_mul(L, rec, plan, PP_E_ARG, dd, log2e, 0)
-                        pv = ex2_unit(L, rec, plan, PP_P, ea, tpos, tneg, False, hw, f32t)
+                        pv = ex2_unit(L, rec, plan, PP_P, ea, tpos, tneg, False, hw, ex2p)
                         P[jj] = R(L, rec, plan, PP_P_CAST, pv, 0.0, off)
                     else:
                         P[jj] = 0.0
@@ -592,7 +577,7 @@ def paper_rows(q_v, q_s, q_e, q_p, kT_v, kT_s, kT_e, kT_p, v_v, v_s, v_e, v_p,
                 lb = R(L, rec, plan, PP_L_BLK_CAST, row_tree_sum(L, rec, plan, PP_L_BLK, P, block_n), 0.0, roff)
                 aa = R(L, rec, plan, PP_A_ARG_CAST, R_add(L, rec, plan, PP_A_ARG, m, -m_new, 0), 0.0, roff)
                 ae = R_mul(L, rec, plan, PP_A_E_ARG, aa, log2e, 0)
-                alpha = R(L, rec, plan, PP_ALPHA_CAST, ex2_unit(L, rec, plan, PP_ALPHA, ae, tpos, tneg, False, hw, f32t),
+                alpha = R(L, rec, plan, PP_ALPHA_CAST, ex2_unit(L, rec, plan, PP_ALPHA, ae, tpos, tneg, False, hw, ex2p),
                           0.0, roff)
                 l, lc = acc_update(L, rec, plan, PP_L_MUL, PP_L_MUL_CAST, PP_L_ADD, PP_L_ADD_CAST,
                                    alpha, l, lb, lc, comp_l, roff)

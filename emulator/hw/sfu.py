@@ -96,28 +96,36 @@ def _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code):
     return (t & np.uint32(0x807FFFFF)) | np.uint32(e << 23)
 
 
+@nb.njit(inline="always", error_model="numpy")
+def ex2_approx(xb, tpos, tneg, F, round_key, twos, nan_code, ftz):
+    """``ex2.approx[.ftz].f32`` of the float32 bits ``xb`` (uint32) under the table
+    model (tables T±, parameters F, round_key, twos, nan_code); returns the result bits.
+
+    ftz: MUFU.EX2 itself.  Non-ftz (the SASS expansion): for x < −126 the unit
+    is fed x/2 (exact) and its result r squared, r² computed exactly and
+    rounded once to float32 round-to-nearest-even with subnormals kept; every
+    other x (NaN and ±inf included) goes to MUFU.EX2 as it is.
+    """
+    if ftz:
+        return _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code)
+    ef = (xb >> np.uint32(23)) & np.uint32(0xFF)
+    # x < −126 (finite, negative): the SASS halves x, squares the result
+    if (xb >> np.uint32(31)) != 0 and ef != 255 and xb > np.uint32(0xC2FC0000):
+        hb = np.uint32(xb - np.uint32(1 << 23))  # x/2: exact, x is normal and large
+        rb = _mufu_ex2(hb, tpos, tneg, F, round_key, twos, nan_code)
+        # r² exactly (48-bit significand), then one round-to-nearest-even
+        ef_r = np.int64((rb >> np.uint32(23)) & np.uint32(0xFF))
+        if ef_r == 0:
+            return np.uint32(0)  # r is +0 (flushed), and so is r²
+        s = np.uint64((rb & np.uint32(0x7FFFFF)) | np.uint32(1 << 23))
+        return np.uint32(round_value(0, s * s, 2 * (ef_r - 150), _F32T, _F32L, 0, np.uint64(0), 32, False))
+    return _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code)
+
+
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def _exp2_kernel(xbits, out, tpos, tneg, F, round_key, twos, nan_code, ftz):
     for j in nb.prange(xbits.size):
-        xb = np.uint32(xbits[j])
-        if ftz:
-            out[j] = _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code)
-            continue
-        ef = (xb >> np.uint32(23)) & np.uint32(0xFF)
-        # x < −126 (finite, negative): the SASS halves x, squares the result
-        if (xb >> np.uint32(31)) != 0 and ef != 255 and xb > np.uint32(0xC2FC0000):
-            hb = np.uint32(xb - np.uint32(1 << 23))  # x/2: exact, x is normal and large
-            rb = _mufu_ex2(hb, tpos, tneg, F, round_key, twos, nan_code)
-            # r² exactly (48-bit significand), then one round-to-nearest-even
-            ef_r = np.int64((rb >> np.uint32(23)) & np.uint32(0xFF))
-            if ef_r == 0:
-                out[j] = np.uint32(0)  # r is +0 (flushed), and so is r²
-            else:
-                s = np.uint64((rb & np.uint32(0x7FFFFF)) | np.uint32(1 << 23))
-                out[j] = np.uint32(round_value(0, s * s, 2 * (ef_r - 150), _F32T, _F32L, 0,
-                                               np.uint64(0), 32, False))
-        else:
-            out[j] = _mufu_ex2(xb, tpos, tneg, F, round_key, twos, nan_code)
+        out[j] = ex2_approx(np.uint32(xbits[j]), tpos, tneg, F, round_key, twos, nan_code, ftz)
 
 
 def _undelta(d: np.ndarray, first: int) -> np.ndarray:
