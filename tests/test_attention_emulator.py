@@ -763,3 +763,25 @@ def test_sr_removes_the_fa2_bias_on_average():
     assert sr["n"] == 8 * 2**18
     assert abs(sr["t"]) < 5, sr
     assert abs(sr["mean_ulp"]) < abs(rne["mean_ulp"]) / 10
+
+
+def test_attention_exp2_unit_is_the_sfu_model():
+    """The attention emulator's MUFU (kernel.mufu) is emulator.sfu_exp2 on fp32 values,
+    FTZ and not; a value beyond fp32's range (only an fp64-format ablation can make
+    one) reads as ±inf, so exp2 gives 0 or inf rather than garbage bits."""
+    from emulator import sfu_exp2
+    from emulator.attention.kernel import mufu
+    from emulator.hw.sfu import load_exp2_tables
+
+    tpos, tneg, p = load_exp2_tables("sm90")
+    ex2p = (int(p["F"]), bool(p["round_key"]), bool(p["twos"]), np.uint32(p["nan_code"]))
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(-160, 130, 3000), [-126.0, -126.5, -149.0, -150.5, 0.0, -0.0, 128.0]])
+    x = x.astype(np.float32)
+    for ftz in (True, False):
+        want = sfu_exp2(x, ftz=ftz).view(np.uint32)
+        got = np.array([mufu(float(v), tpos, tneg, ftz, ex2p) for v in x], dtype=np.float32).view(np.uint32)
+        np.testing.assert_array_equal(got, want)
+        for big in (2.0**128, 1.5 * 2.0**128, 2.0**129, 1e300):
+            assert mufu(-big, tpos, tneg, ftz, ex2p) == 0.0
+            assert mufu(big, tpos, tneg, ftz, ex2p) == np.inf

@@ -193,7 +193,12 @@ def _f32v(b):
 
 @nb.njit(cache=True, error_model="numpy")
 def bits_of_f32value(v):
-    """float32 bits of a float64 that holds a float32 value exactly."""
+    """float32 bits of a float64 that holds a float32 value exactly.
+
+    Other values occur only in fp64-format ablations, where a stage hands the
+    MUFU model a value no fp32 register could hold: the significand is truncated
+    to float32's, and magnitudes of 2^128 and more read as ±inf (the unit's
+    input is fp32)."""
     b = f64_to_bits(v)
     sign = np.uint32((b >> np.uint64(63)) << np.uint64(31))
     if v != v:
@@ -205,6 +210,8 @@ def bits_of_f32value(v):
         return sign | np.uint32(0x7F800000)
     e = np.int64((b >> np.uint64(52)) & np.uint64(0x7FF)) - 1023
     m = b & np.uint64((1 << 52) - 1)
+    if e > 127:
+        return sign | np.uint32(0x7F800000)
     if e >= -126:
         return sign | np.uint32(((e + 127) << 23) | np.int64(m >> np.uint64(29)))
     # float32 subnormal: value = (2^52 + m) · 2^(e − 52) = q · 2^-149
