@@ -278,11 +278,7 @@ def plots(table, kept, outdir) -> list[str]:
         ax.set_ylabel("t of the signed error of O (rne)")
         ax.set_title(f"{recipe}: bias against the concentration gap")
         ax.legend()
-    fig.tight_layout()
-    p = os.path.join(outdir, "bias_vs_gap.png")
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    files.append(p)
+    files.append(_save(fig, outdir, "bias_vs_gap.png"))
     if kept:
         key = next(iter(sorted(kept)))
         err = kept[key]
@@ -295,12 +291,19 @@ def plots(table, kept, outdir) -> list[str]:
         ax.set_ylabel("outputs")
         ax.set_title(f"{key[0]}, {key[1]}, fix {key[2]}, {key[3]}")
         ax.legend()
-        fig.tight_layout()
-        p = os.path.join(outdir, "error_histogram.png")
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        files.append(p)
+        files.append(_save(fig, outdir, "error_histogram.png"))
     return files
+
+
+def _save(fig, outdir, name):
+    """Lay out, write DIR/name at 120 dpi, close; the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    p = os.path.join(outdir, name)
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    return p
 
 
 def worked_example(regime: str = "ties-12", rows: int = 256) -> str:

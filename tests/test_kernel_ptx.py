@@ -1,8 +1,8 @@
 """The PTX of the Triton kernels contains exactly the arithmetic the emulator models.
 
 The kernels (gpu/kernels.py) are compiled for sm_90 on the CPU — no GPU needed
-(``triton.compile`` of an ``ASTSource`` for ``GPUTarget("cuda", 90, 32)``, in one
-child process: see ``ptx_of``) — and their PTX is read instruction by instruction, following registers from
+(``gpu.probes.resources.compile_kernel``: ``triton.compile`` for
+``GPUTarget("cuda", 90, 32)``, in one child process: see ``ptx_of``) — and their PTX is read instruction by instruction, following registers from
 use to definition where the order of operations matters.  What docs/recipes.md
 states, and the checks:
 
@@ -60,9 +60,6 @@ if importlib.util.find_spec("triton") is None:
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG2E_F32_HEX = "0f3FB8AA3B"
-PTR_BF16 = {"Q", "K", "V", "O"}
-PTR_F32 = {"M", "L", "MB", "LB", "ACC"}
-FLOAT_ARGS = {"qk_scale", "eps2", "beta", "scale", "eps", "delta", "delta2"}
 
 
 def _variant(name, D=64, fix=False, psr=False, osr=False, dump=False):
@@ -79,36 +76,15 @@ VARIANTS = [_variant("_fa2_fwd", D=D) for D in (64, 128)] + [
 def _compile_variants(variants):
     """{variant: (ptx, argument names)}: gpu/kernels.py compiled for sm_90 (run in a
     fresh process without TRITON_INTERPRET, see ``ptx_of``)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from gpu import kernels
+    from gpu.probes.resources import compile_kernel
 
     out = {}
     for name, D, fix, psr, osr, dump in variants:
         fa2 = name == "_fa2_fwd"
         BM, BN, nw = (128, 64, 8) if fa2 else (64, 64, 4)
         fn = getattr(kernels, name)
-        consts = dict(HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, FIX=fix, P_SR=psr, O_SR=osr, DUMP=dump)
-        sig = {}
-        for p in fn.params:
-            a = p.name
-            if p.is_constexpr:
-                assert a in consts, f"kernel {name} has a constexpr {a} this test does not know"
-                sig[a] = "constexpr"
-            elif a in PTR_BF16:
-                sig[a] = "*bf16"
-            elif a in PTR_F32:
-                sig[a] = "*fp32"
-            elif a in FLOAT_ARGS:
-                sig[a] = "fp32"
-            elif a.startswith("seed"):
-                sig[a] = "i64"
-            else:
-                sig[a] = "i32"
-        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                           options=dict(num_warps=nw, num_stages=3))
+        k = compile_kernel(name, D, BM, BN, nw, 3, fix=fix, psr=psr, osr=osr, dump=dump)
         out[json.dumps([name, D, fix, psr, osr, dump])] = (k.asm["ptx"], [p.name for p in fn.params
                                                                           if not p.is_constexpr])
     return out

@@ -16,7 +16,7 @@ import sys
 
 PTR_BF16 = {"Q", "K", "V", "O"}
 PTR_F32 = {"M", "L", "MB", "LB", "ACC"}
-FLOAT_ARGS = {"qk_scale", "eps2", "beta", "scale", "eps"}
+FLOAT_ARGS = {"qk_scale", "eps2", "beta", "scale", "eps", "delta", "delta2"}
 
 
 def compile_kernel(name, D, BM, BN, warps, stages, fix=False, psr=False, osr=False, dump=False):
@@ -35,6 +35,8 @@ def compile_kernel(name, D, BM, BN, warps, stages, fix=False, psr=False, osr=Fal
     for p in fn.params:
         a = p.name
         if p.is_constexpr:
+            if a not in consts:
+                raise ValueError(f"kernel {name} has a constexpr {a} that compile_kernel does not set")
             sig[a] = "constexpr"
         elif a in PTR_BF16:
             sig[a] = "*bf16"
