@@ -57,6 +57,52 @@ def _top2_combine(a1, a2, b1, b2):
 
 
 @triton.jit
+def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """One key block's online-softmax step on the fp32 scores qk (masked to −inf
+    where not ``valid`` if MASKED): the block max (with the paper fix if FIX),
+    m_new, P = exp2(qk·c − m_new), α = exp2(m_old − m_new), l·α + rowsum(P).
+    Returns (P, m_new, l_new, α); the caller rescales the accumulator by α."""
+    if MASKED:
+        qk = tl.where(valid, qk, float("-inf"))
+    if FIX:
+        if MASKED:
+            bm = tl.max(qk, 1) * qk_scale
+            thr = bm - eps2
+            n = tl.sum((valid & ((qk * qk_scale) >= thr[:, None])).to(tl.int32), 1)
+            two = n > 1
+        else:
+            # n > 1  <=>  the second largest score s2 (with multiplicity) passes
+            # fl(s2·c) >= thr: fl(x·c) is monotone in x and the largest always
+            # passes (thr = fl(max·c − ε') <= fl(max·c)); two ops per score
+            # instead of a multiply, compare and count
+            q1, q2 = tl.reduce((qk, tl.full(qk.shape, float("nan"), tl.float32)), 1, _top2_combine)
+            bm = q1 * qk_scale
+            thr = bm - eps2
+            two = (q2 * qk_scale) >= thr
+        bm = tl.where(two & (bm > 0), bm * beta, bm)
+        bm = tl.where(two & (bm < 0), 0.0, bm)
+    else:
+        bm = tl.max(qk, 1) * qk_scale
+    m_new = tl.maximum(m_i, bm)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    l_blk = tl.sum(p, 1)
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + l_blk
+    return p, m_new, l_i, alpha
+
+
+@triton.jit
+def _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR: tl.constexpr):
+    """P̄ = bf16(P), round to nearest even or stochastic (Philox stream at the
+    score's flat index)."""
+    if P_SR:
+        pb = _sr_bf16(p, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
+    else:
+        pb = p.to(tl.bfloat16)
+    return pb
+
+
+@triton.jit
 def _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
                 Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
                 FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
@@ -67,63 +113,28 @@ def _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, of
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         k_ptrs = Kb + offs_n[None, :] * skn + offs_d[:, None] * skd
         v_ptrs = Vb + offs_n[:, None] * svn + offs_d[None, :] * svd
+        key_ok = offs_n < Nk
         if MASKED:
-            key_ok = offs_n < Nk
             kT = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=key_ok[:, None], other=0.0)
         else:
             kT = tl.load(k_ptrs)
             v = tl.load(v_ptrs)
         qk = tl.dot(q, kT)
-        if MASKED:
-            valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
-            qk = tl.where(valid, qk, float("-inf"))
-        if FIX:
-            if MASKED:
-                bm = tl.max(qk, 1) * qk_scale
-                thr = bm - eps2
-                n = tl.sum((valid & ((qk * qk_scale) >= thr[:, None])).to(tl.int32), 1)
-                two = n > 1
-            else:
-                # n > 1  <=>  the second largest score s2 (with multiplicity) passes
-                # fl(s2·c) >= thr: fl(x·c) is monotone in x and the largest always
-                # passes (thr = fl(max·c − ε') <= fl(max·c)); two ops per score
-                # instead of a multiply, compare and count
-                q1, q2 = tl.reduce((qk, tl.full(qk.shape, float("nan"), tl.float32)), 1, _top2_combine)
-                bm = q1 * qk_scale
-                thr = bm - eps2
-                two = (q2 * qk_scale) >= thr
-            bm = tl.where(two & (bm > 0), bm * beta, bm)
-            bm = tl.where(two & (bm < 0), 0.0, bm)
-        else:
-            bm = tl.max(qk, 1) * qk_scale
-        m_new = tl.maximum(m_i, bm)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        l_blk = tl.sum(p, 1)
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + l_blk
+        valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+        p, m_i, l_i, alpha = _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX, MASKED)
         acc = acc * alpha[:, None]
-        if P_SR:
-            pb = _sr_bf16(p, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
-        else:
-            pb = p.to(tl.bfloat16)
+        pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR)
         acc = tl.dot(pb, v, acc)
-        m_i = m_new
         if DUMP:
             tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
             tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
     return acc, m_i, l_i
 
 
-@triton.jit(do_not_specialize=_NO_SPEC)
-def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
-             sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
-             H, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, seed_o,
-             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             CAUSAL, FIX: tl.constexpr, P_SR: tl.constexpr, O_SR: tl.constexpr,
-             DUMP: tl.constexpr):
-    tl.static_assert(BLOCK_N % 16 == 0)
-    tl.static_assert(HEAD_DIM % 16 == 0)
+@triton.jit
+def _row_tile(Q, sqb, sqh, sqm, sqd, H, Nq, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's query rows: (pid_m, b, h, bh, offs_m, offs_d, row_ok, q)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // H
@@ -133,6 +144,37 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     row_ok = offs_m < Nq
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
                 mask=row_ok[:, None], other=0.0)
+    return pid_m, b, h, bh, offs_m, offs_d, row_ok, q
+
+
+@triton.jit
+def _finish_tile(acc, m_i, l_i, O, M, L, ACC, b, h, bh, offs_m, offs_d, row_ok, sob, soh, som, sod, Nq, seed_o,
+                 HEAD_DIM: tl.constexpr, O_SR: tl.constexpr, DUMP: tl.constexpr):
+    """O = bf16(acc / l) (IEEE division; cast rne or stochastic), m and l stored."""
+    if DUMP:
+        tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+    o = tl.math.div_rn(acc, l_i[:, None])
+    if O_SR:
+        ob = _sr_bf16(o, seed_o, (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
+    else:
+        ob = o.to(tl.bfloat16)
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, ob, mask=row_ok[:, None])
+    tl.store(M + bh * Nq + offs_m, m_i, mask=row_ok)
+    tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
+
+
+@triton.jit(do_not_specialize=_NO_SPEC)
+def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
+             sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, som, sod,
+             H, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, seed_o,
+             HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+             CAUSAL, FIX: tl.constexpr, P_SR: tl.constexpr, O_SR: tl.constexpr,
+             DUMP: tl.constexpr, BLOCKS: tl.constexpr = _fa2_blocks):
+    """``BLOCKS`` runs the key-block loop; only an experiment passes another one
+    (gpu/probes/pipelined_fa2.py), with the same arguments and arithmetic."""
+    tl.static_assert(BLOCK_N % 16 == 0)
+    tl.static_assert(HEAD_DIM % 16 == 0)
+    pid_m, b, h, bh, offs_m, offs_d, row_ok, q = _row_tile(Q, sqb, sqh, sqm, sqd, H, Nq, HEAD_DIM, BLOCK_M)
     Kb = K + b * skb + h * skh
     Vb = V + b * svb + h * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -149,22 +191,14 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
         full_keys = tl.minimum(Nk, pid_m * BLOCK_M + 1)
     n_full = full_keys // BLOCK_N
     n_all = (hi + BLOCK_N - 1) // BLOCK_N
-    acc, m_i, l_i = _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, 0, n_full, offs_m, offs_d,
-                                row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
-                                P_SR, DUMP, False)
-    acc, m_i, l_i = _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, n_full, n_all, offs_m, offs_d,
-                                row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
-                                P_SR, DUMP, True)
-    if DUMP:
-        tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
-    o = tl.math.div_rn(acc, l_i[:, None])
-    if O_SR:
-        ob = _sr_bf16(o, seed_o, (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
-    else:
-        ob = o.to(tl.bfloat16)
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, ob, mask=row_ok[:, None])
-    tl.store(M + bh * Nq + offs_m, m_i, mask=row_ok)
-    tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
+    acc, m_i, l_i = BLOCKS(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, 0, n_full, offs_m, offs_d,
+                           row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
+                           P_SR, DUMP, False)
+    acc, m_i, l_i = BLOCKS(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, n_full, n_all, offs_m, offs_d,
+                           row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
+                           P_SR, DUMP, True)
+    _finish_tile(acc, m_i, l_i, O, M, L, ACC, b, h, bh, offs_m, offs_d, row_ok, sob, soh, som, sod, Nq, seed_o,
+                 HEAD_DIM, O_SR, DUMP)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -176,15 +210,7 @@ def _paper_fwd(Q, K, V, O, M, L, MB, LB, ACC,
                DUMP: tl.constexpr):
     """Every tensor bf16 (values kept in fp32 registers between bf16 casts)."""
     tl.static_assert(BLOCK_N % 16 == 0)
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < Nq
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None], other=0.0)
+    pid_m, b, h, bh, offs_m, offs_d, row_ok, q = _row_tile(Q, sqb, sqh, sqm, sqd, H, Nq, HEAD_DIM, BLOCK_M)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     o_i = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
@@ -210,10 +236,7 @@ def _paper_fwd(Q, K, V, O, M, L, MB, LB, ACC,
         m_new = tl.maximum(m_i, bm)
         d = (s - m_new[:, None]).to(tl.bfloat16).to(tl.float32)
         pe = tl.exp(d)
-        if P_SR:
-            p = _sr_bf16(pe, seed_p, (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :])
-        else:
-            p = pe.to(tl.bfloat16)
+        p = _p_cast(pe, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR)
         lb = tl.sum(p.to(tl.float32), 1).to(tl.bfloat16).to(tl.float32)
         a = (m_i - m_new).to(tl.bfloat16).to(tl.float32)
         alpha = tl.exp(a).to(tl.bfloat16).to(tl.float32)
@@ -228,13 +251,5 @@ def _paper_fwd(Q, K, V, O, M, L, MB, LB, ACC,
         if DUMP:
             tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
             tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
-    if DUMP:
-        tl.store(ACC + (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], o_i, mask=row_ok[:, None])
-    o = tl.math.div_rn(o_i, l_i[:, None])
-    if O_SR:
-        ob = _sr_bf16(o, seed_o, (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :])
-    else:
-        ob = o.to(tl.bfloat16)
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod, ob, mask=row_ok[:, None])
-    tl.store(M + bh * Nq + offs_m, m_i, mask=row_ok)
-    tl.store(L + bh * Nq + offs_m, l_i, mask=row_ok)
+    _finish_tile(o_i, m_i, l_i, O, M, L, ACC, b, h, bh, offs_m, offs_d, row_ok, sob, soh, som, sod, Nq, seed_o,
+                 HEAD_DIM, O_SR, DUMP)

@@ -2,8 +2,10 @@
 
 The kernels (gpu/kernels.py) are compiled for sm_90 on the CPU — no GPU needed
 (``gpu.probes.resources.compile_kernel``: ``triton.compile`` for
-``GPUTarget("cuda", 90, 32)``, in one child process: see ``ptx_of``) — and their PTX is read instruction by instruction, following registers from
-use to definition where the order of operations matters.  What docs/recipes.md
+``GPUTarget("cuda", 90, 32)``, specialised as a launch on contiguous tensors is,
+in one child process: see ``ptx_of``) — and their PTX is read instruction by
+instruction, following registers from use to definition where the order of
+operations matters.  What docs/recipes.md
 states, and the checks:
 
 fa2 (BLOCK_M = 128, BLOCK_N = 64, 8 warps; the wgmma layout gives each thread
@@ -76,17 +78,14 @@ VARIANTS = [_variant("_fa2_fwd", D=D) for D in (64, 128)] + [
 def _compile_variants(variants):
     """{variant: (ptx, argument names)}: gpu/kernels.py compiled for sm_90 (run in a
     fresh process without TRITON_INTERPRET, see ``ptx_of``)."""
-    from gpu import kernels
-    from gpu.probes.resources import compile_kernel
+    from gpu.probes.resources import compile_kernel, runtime_params
 
     out = {}
     for name, D, fix, psr, osr, dump in variants:
         fa2 = name == "_fa2_fwd"
         BM, BN, nw = (128, 64, 8) if fa2 else (64, 64, 4)
-        fn = getattr(kernels, name)
         k = compile_kernel(name, D, BM, BN, nw, 3, fix=fix, psr=psr, osr=osr, dump=dump)
-        out[json.dumps([name, D, fix, psr, osr, dump])] = (k.asm["ptx"], [p.name for p in fn.params
-                                                                          if not p.is_constexpr])
+        out[json.dumps([name, D, fix, psr, osr, dump])] = (k.asm["ptx"], runtime_params(name))
     return out
 
 

@@ -1,0 +1,275 @@
+"""Experiment: the fa2 kernel with the P·V product of block j−1 in flight during
+block j's softmax (FlashAttention-3's intra-warpgroup overlap), in plain Triton.
+
+    PYTHONPATH=. python -m gpu.probes.pipelined_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m gpu.probes.pipelined_fa2 --ptx                # compiler view, no GPU
+
+Same operations, same order per element as ``gpu.kernels._fa2_fwd`` (so the
+same bits: checked here on every element against the production kernel, which
+the crosscheck ties to the emulator); only the issue order changes:
+
+    QK_j (wgmma, waited) → issue PV_{j−1} → softmax_j → wait, acc·α_j
+
+Two obstacles in Triton 3.6 and how this file gets past them, for the record:
+* its wgmma pipeliner keeps a dot asynchronous only if no op in the loop
+  uses the result unconditionally; the rescale therefore sits in an
+  always-true runtime ``if`` (Nk > 0), and its else branch yields the raw
+  result (the pipeliner needs one such yield);
+* with the QK dot synchronous, the pipeliner inserts no wait for the PV dot at
+  all, so the rescale waits itself (inline ``wgmma.wait_group 0`` + the same
+  ``mul.f32``), on both branches, or ptxas serialises every wgmma (C7515).
+
+Not the production kernel: ptxas still decides where the waits land.  This
+probe measures whether it pays, fix and no fix, against the production kernel
+in the same run.  On the H200 it did not (benchmarks/results/
+h200_pipelined_fa2_probe.json, docs/hardware.md "The attention kernels"):
+bit-identical, 5–7% slower, and the fix costs the same 10–11%.  ``--ptx`` shows
+why without a GPU: the PTX has the whole softmax (34 ex2) between the P·V commit
+and its wait, but ptxas adds a wait of its own before it (0 ex2 left in flight
+without the fix, 9 with it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import triton
+import triton.language as tl
+
+from gpu.kernels import _fa2_softmax, _p_cast
+
+_PK_N = 8
+_PK = tl.constexpr(_PK_N)
+# mul.f32 is what `acc * alpha` compiles to (no contraction partner)
+_WAIT_MUL_ASM = tl.constexpr("wgmma.wait_group.sync.aligned 0;\n" + "".join(
+    f"mul.f32 ${i}, ${_PK_N + i}, ${2 * _PK_N + i};\n" for i in range(_PK_N)))
+# outputs tied to the accumulator inputs: no register copies around the wgmma
+_WAIT_MUL_CONS = tl.constexpr(",".join(["=f"] * _PK_N + [str(i) for i in range(_PK_N)] + ["f"] * _PK_N))
+
+
+@triton.jit
+def _wait_scale(acc, alpha):
+    a2 = tl.broadcast_to(alpha[:, None], acc.shape)
+    return tl.inline_asm_elementwise(_WAIT_MUL_ASM, _WAIT_MUL_CONS, [acc, a2], dtype=tl.float32, is_pure=False,
+                                     pack=_PK)
+
+
+@triton.jit
+def _pipelined_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
+            Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
+            FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
+    """gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax."""
+    if hi > lo:
+        offs_n = lo * BLOCK_N + tl.arange(0, BLOCK_N)
+        key_ok = offs_n < Nk
+        k_ptrs = Kb + offs_n[None, :] * skn + offs_d[:, None] * skd
+        if MASKED:
+            kT = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
+        else:
+            kT = tl.load(k_ptrs)
+        qk = tl.dot(q, kT)
+        valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+        p, m_i, l_i, alpha = _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX, MASKED)
+        acc = acc * alpha[:, None]
+        if DUMP:
+            tl.store(MB + (bh * Nq + offs_m) * NBLK + lo, m_i, mask=row_ok)
+            tl.store(LB + (bh * Nq + offs_m) * NBLK + lo, l_i, mask=row_ok)
+        for jb in range(lo + 1, hi):
+            offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
+            offs_v = offs_n - BLOCK_N
+            key_ok = offs_n < Nk
+            k_ptrs = Kb + offs_n[None, :] * skn + offs_d[:, None] * skd
+            v_ptrs = Vb + offs_v[:, None] * svn + offs_d[None, :] * svd
+            if MASKED:
+                kT = tl.load(k_ptrs, mask=key_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=(offs_v < Nk)[:, None], other=0.0)
+            else:
+                kT = tl.load(k_ptrs)
+                v = tl.load(v_ptrs)
+            qk = tl.dot(q, kT)
+            pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_v, P_SR)
+            acc = tl.dot(pb, v, acc)
+            valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+            p, m_i, l_i, alpha = _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX, MASKED)
+            if Nk > 0:
+                acc = _wait_scale(acc, alpha)
+            else:
+                _wait_scale(acc, alpha)
+            if DUMP:
+                tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
+                tl.store(LB + (bh * Nq + offs_m) * NBLK + jb, l_i, mask=row_ok)
+        offs_v = (hi - 1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        v_ptrs = Vb + offs_v[:, None] * svn + offs_d[None, :] * svd
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(offs_v < Nk)[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_v, P_SR)
+        acc = tl.dot(pb, v, acc)
+    return acc, m_i, l_i
+
+
+class _use_pipelined:
+    """Within the block, gpu.flash_attention's fa2 launches run the key-block loop
+    of this file (the kernel's BLOCKS constexpr)."""
+
+    class _Launcher:
+        def __init__(self, kern):
+            self.kern = kern
+
+        def __getitem__(self, grid):
+            launch = self.kern[grid]
+            return lambda *args, **kw: launch(*args, BLOCKS=_pipelined_blocks, **kw)
+
+    def __enter__(self):
+        from gpu import kernels
+
+        self._saved = kernels._fa2_fwd
+        kernels._fa2_fwd = self._Launcher(self._saved)
+
+    def __exit__(self, *exc):
+        from gpu import kernels
+
+        kernels._fa2_fwd = self._saved
+
+
+def _ex2_in_flight(lines, issue, commit, wait, ex2):
+    """Per P·V wgmma group (m64n128k16) in code order: how many ex2 lie between
+    its commit and the next wait, i.e. run while it may be in flight."""
+    out, i = [], 0
+    while i < len(lines):
+        if issue(lines[i]):
+            while i < len(lines) and not commit(lines[i]):
+                i += 1
+            n = 0
+            while i < len(lines) and not wait(lines[i]):
+                n += ex2(lines[i])
+                i += 1
+            out.append(n)
+        i += 1
+    return out
+
+
+def compiler_report(fix=False, D=128):
+    """What the compiler made of the overlap, for sm_90 on the CPU: whether ptxas
+    serialised the wgmmas (C7515), and per P·V wgmma group the ex2 count between
+    its issue and the next wait in the PTX (what Triton emitted) and in the SASS
+    (what ptxas kept; it places waits of its own)."""
+    from gpu.probes.resources import compile_kernel, ptxas_report, sass_text
+
+    k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=fix, extra={"BLOCKS": _pipelined_blocks})
+    ptx = k.asm["ptx"].splitlines()
+    regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
+    sass = sass_text(k.asm["cubin"]).splitlines()
+    return {
+        "fix": fix, "registers": regs, "spill_bytes": spill, "ptxas_serialised_wgmma": "C7515" in msgs,
+        "ex2_in_flight_ptx": _ex2_in_flight(ptx, lambda t: "mma_async" in t and "m64n128k16" in t,
+                                            lambda t: "wgmma.commit_group" in t, lambda t: "wgmma.wait_group" in t,
+                                            lambda t: "ex2.approx" in t),
+        # ptxas marks the last HGMMA of a group with the scoreboard gsb0
+        "ex2_in_flight_sass": _ex2_in_flight(sass, lambda t: "HGMMA.64x128x16" in t,
+                                             lambda t: "HGMMA.64x128x16" in t and "gsb0" in t,
+                                             lambda t: "WARPGROUP.DEPBAR" in t, lambda t: "MUFU.EX2" in t),
+    }
+
+
+def _bits_equal(a, b):
+    import torch
+
+    if a.dtype == torch.bfloat16:
+        return bool(torch.equal(a.view(torch.int16), b.view(torch.int16)))
+    return bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+
+
+def check_bits(rows):
+    """Every element of out, m, l (and the dumps) equal to the production kernel's."""
+    import torch
+
+    from gpu import flash_attention
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    shapes = [(2, 3, 1000, 1000, 128), (1, 2, 77, 300, 64), (2, 2, 4096, 4096, 128), (1, 1, 1, 65, 128)]
+    n_cases = n_el = n_bad = 0
+    for B, H, Nq, Nk, D in shapes:
+        for kind in ("random", "ties"):
+            q = torch.randn(B, H, Nq, D, device="cuda", generator=g).to(torch.bfloat16)
+            k = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
+            v = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
+            if kind == "ties":  # coarse, repeated keys: tied maxima in most rows
+                k = (k * 2).round().to(torch.bfloat16)
+                k[:, :, 1::2] = k[:, :, 0::2][:, :, : k[:, :, 1::2].shape[2]]
+                q = (q * 2).round().to(torch.bfloat16)
+            for causal in (False, True):
+                for fix in (None, "paper"):
+                    for rounding, seed in (("rne", None), ("sr", 7)):
+                        for dump in (False, True):
+                            kw = dict(causal=causal, fix=fix, rounding=rounding, seed=seed, dump=dump)
+                            ref = flash_attention(q, k, v, **kw)
+                            with _use_pipelined():
+                                got = flash_attention(q, k, v, **kw)
+                            names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
+                            bad = [nm for nm in names if not _bits_equal(getattr(ref, nm), getattr(got, nm))]
+                            n_cases += 1
+                            n_el += sum(getattr(ref, nm).numel() for nm in names)
+                            if bad:
+                                n_bad += 1
+                                rows.append({"mismatch": [B, H, Nq, Nk, D, kind, kw, bad]})
+                                print("MISMATCH", B, H, Nq, Nk, D, kind, kw, bad, flush=True)
+    print(f"bits: {n_cases} launches, {n_el} elements, {n_bad} launches with a mismatching tensor", flush=True)
+    return {"launches": n_cases, "elements": n_el, "mismatching_launches": n_bad}
+
+
+def bench(rows, reps=3):
+    import torch
+
+    from gpu import flash_attention
+
+    B, H, N, D = 8, 16, 4096, 128
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out = []
+    for rep in range(reps):
+        for causal in (False, True):
+            for fix in (None, "paper"):
+                for name in ("production", "pipelined"):
+                    def f(causal=causal, fix=fix, name=name):
+                        if name == "pipelined":
+                            with _use_pipelined():
+                                return flash_attention(q, k, v, causal=causal, fix=fix)
+                        return flash_attention(q, k, v, causal=causal, fix=fix)
+                    f()
+                    torch.cuda.synchronize()
+                    ms = triton.testing.do_bench(f, warmup=25, rep=200, return_mode="median")
+                    tf = 4 * B * H * N * N * D * (0.5 if causal else 1.0) / ms * 1e-9
+                    out.append({"rep": rep, "kernel": name, "causal": causal, "fix": fix, "ms": ms, "tflops": tf})
+                    print(f"rep {rep} {name:<11} {'causal' if causal else 'full':<7} fix={fix!s:<6}"
+                          f"{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ptx", action="store_true", help="only compile for sm_90 here and print compiler_report")
+    args = ap.parse_args(argv)
+    if args.ptx:
+        for fix in (False, True):
+            print(json.dumps(compiler_report(fix)), flush=True)
+        return 0
+    rows = []
+    bits = check_bits(rows)
+    perf = bench(rows, args.reps)
+    if args.json:
+        from gpu.probes.provenance import provenance
+
+        with open(args.json, "w") as f:
+            json.dump({"provenance": provenance(), "bits_vs_production": bits, "mismatches": rows,
+                       "bench": perf}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
