@@ -221,7 +221,7 @@ def check_bits(rows):
     return {"launches": n_cases, "elements": n_el, "mismatching_launches": n_bad}
 
 
-def bench(rows, reps=3):
+def bench(reps=3):
     import torch
 
     from gpu import flash_attention
@@ -261,7 +261,7 @@ def main(argv=None):
         return 0
     rows = []
     bits = check_bits(rows)
-    perf = bench(rows, args.reps)
+    perf = bench(args.reps)
     if args.json:
         from gpu.probes.provenance import provenance
 

@@ -121,8 +121,8 @@ def sass_text(cubin):
 def sass_loops(cubin):
     """[(instructions, Counter of opcodes)] for every loop of the kernel's SASS
     (nvdisasm, bundled with Triton), in code order.  A loop is the span from a
-    backward branch's target to the branch; predicates and modifiers after the
-    first dot-free part are kept (``FMNMX.NAN`` is not ``FMNMX``)."""
+    backward branch's target to the branch.  Opcodes are counted with their
+    modifiers (``FMNMX.NAN`` is not ``FMNMX``), predicates dropped."""
     import collections
 
     text = sass_text(cubin)
