@@ -5,33 +5,24 @@ says it gets past Triton's wgmma pipeliner — the P·V wgmma of block j−1 is
 committed and then the whole softmax of block j (its E = 32 ex2 per thread, plus
 α's two) comes before the next wait in the PTX — without ptxas serialising every
 wgmma (performance note C7515).  Compiled for sm_90 on the CPU, in a child
-process for the reason given in test_kernel_ptx.ptx_of.
+process (compiler_child).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from compiler_child import json_lines_of
 
 
 @pytest.fixture(scope="module")
 def reports():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    r = subprocess.run([sys.executable, "-m", "gpu.probes.pipelined_fa2", "--ptx"], capture_output=True,
-                       text=True, env=env, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    return [json.loads(line) for line in r.stdout.splitlines()]
+    return json_lines_of("gpu.probes.pipelined_fa2", "--ptx")
 
 
 def test_both_variants_reported(reports):

@@ -1,0 +1,293 @@
+"""Experiment: the fa2 recipe as a warp-specialised Gluon kernel (two consumer
+warpgroups that run unsynchronised, one TMA loader warp), to measure whether
+the paper fix becomes cheap once the softmax of one warpgroup overlaps the
+tensor-core work of the other.
+
+    PYTHONPATH=. python -m gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
+
+Scope: non-causal, Nq = Nk a multiple of 128, head dim 128, round to nearest,
+no dumps — the benchmark's case.  Every row runs the same operations in the
+same order as gpu.kernels._fa2_fwd's unmasked loop (the same wgmma shapes per
+warpgroup, the same reductions in the same layout, the same contractions), so
+the outputs must be bit-identical to the production kernel; the GPU run checks
+that on every element before it times anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import triton
+import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
+BLOCK_N = 64    # keys per block (the recipe's block_n)
+HEAD_DIM = 128
+NBUF = 3        # K/V ring depth
+
+
+@gluon.jit
+def _top2(a1, a2, b1, b2):
+    lo = gl.minimum(a1, b1, propagate_nan=tl.PropagateNan.ALL)
+    return gl.maximum(a1, b1), gl.maximum(gl.maximum(a2, b2), lo)
+
+
+@gluon.jit
+def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+     qrow0, _krow0, n_blocks, qk_scale, eps2, beta) = args
+    BM: gl.constexpr = 64
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    D: gl.constexpr = k_desc.block_type.shape[1]
+    NB: gl.constexpr = k_bufs.type.shape[0]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q = q_smem.slice(c * BM, BM, dim=0)
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BM, D], gl.float32, o_layout)
+    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    mbarrier.wait(q_bar, 0)
+    for j in range(n_blocks):
+        s = j % NB
+        mbarrier.wait(ready.index(s), (j // NB) & 1)
+        qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        qk = warpgroup_mma_wait(0, deps=(qk,))
+        if FIX:
+            q1, q2 = gl.reduce((qk, gl.full([BM, BN], float("nan"), gl.float32, s_layout)), 1, _top2)
+            bm = q1 * qk_scale
+            thr = bm - eps2
+            two = (q2 * qk_scale) >= thr
+            bm = gl.where(two & (bm > 0), bm * beta, bm)
+            bm = gl.where(two & (bm < 0), 0.0, bm)
+        else:
+            bm = gl.max(qk, 1) * qk_scale
+        m_new = gl.maximum(m_i, bm)
+        p = gl.exp2(qk * qk_scale - gl.expand_dims(m_new, 1))
+        l_blk = gl.sum(p, 1)
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + l_blk
+        m_i = m_new
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        acc = warpgroup_mma(pb, v_bufs.index(s), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(acc,))
+        mbarrier.arrive(empty.index(s), count=1)
+    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
+    rows_o = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
+    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
+    rows_s = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
+    gl.store(M + rows_s, m_i)
+    gl.store(L + rows_s, l_i)
+
+
+@gluon.jit
+def _consume_lo(args, FIX: gl.constexpr):
+    _consume(args, 0, FIX)
+
+
+@gluon.jit
+def _consume_hi(args, FIX: gl.constexpr):
+    _consume(args, 1, FIX)
+
+
+@gluon.jit
+def _load(args, FIX: gl.constexpr):
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, _O, _M, _L,
+     qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta) = args
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    NB: gl.constexpr = k_bufs.type.shape[0]
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [qrow0, 0], q_bar, q_smem)
+    for j in range(n_blocks):
+        s = j % NB
+        # the ring starts empty: an mbarrier starts with phase 1 complete
+        mbarrier.wait(empty.index(s), ((j // NB) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k_desc, [krow0 + j * BN, 0], ready.index(s), k_bufs.index(s))
+        tma.async_copy_global_to_shared(v_desc, [krow0 + j * BN, 0], ready.index(s), v_bufs.index(s))
+
+
+@gluon.jit
+def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
+                FIX: gl.constexpr, NBUF_: gl.constexpr):
+    BM: gl.constexpr = q_desc.block_type.shape[0]
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    pid_m = gl.program_id(0)
+    bh = gl.program_id(1)
+    qrow0 = bh * N + pid_m * BM
+    krow0 = bh * N
+    n_blocks = N // BN
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF_] + k_desc.block_type.shape, k_desc.layout)
+    v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NBUF_] + v_desc.block_type.shape, v_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NBUF_, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NBUF_, 1], mbarrier.MBarrierLayout())
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NBUF_):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)   # both consumer warpgroups release a block
+    mbarrier.init(q_bar, count=1)
+    args = (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, O, M, L,
+            qrow0, krow0, n_blocks, qk_scale, eps2, beta)
+    gl.warp_specialize([(_consume_lo, (args, FIX)), (_consume_hi, (args, FIX)), (_load, (args, FIX))],
+                       [4, 1], [240, 24])
+
+
+def _descriptors(q, k, v):
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, H, N, D = q.shape
+    out = []
+    for t, rows in ((q, BLOCK_M), (k, BLOCK_N), (v, BLOCK_N)):
+        t2 = t.reshape(B * H * N, D)
+        layout = gl.NVMMASharedLayout.get_default_for([rows, D], gl.bfloat16)
+        out.append(TensorDescriptor(t2, [B * H * N, D], [D, 1], [rows, D], layout))
+    return out
+
+
+def ws_flash_attention(q, k, v, fix=None):
+    """(out, m, l) of the fa2 recipe (default tiles, rne, non-causal) for contiguous
+    (B, H, N, 128) bf16 CUDA tensors with N a multiple of 128."""
+    import math
+
+    import numpy as np
+    import torch
+
+    B, H, N, D = q.shape
+    if D != HEAD_DIM or N % BLOCK_M or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"ws_fa2 covers (B, H, N, {HEAD_DIM}) with N a multiple of {BLOCK_M}; got {tuple(q.shape)}")
+    from emulator.attention.recipes import get_fix
+
+    fx = get_fix(fix, None, None)
+    qk_scale = float(np.float32((1.0 / math.sqrt(D)) * 1.4426950408889634))
+    eps2 = float(np.float32(fx.eps * 1.4426950408889634)) if fx else 0.0
+    beta = float(np.float32(fx.beta)) if fx else 1.0
+    out = torch.empty_like(q)
+    m = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    l = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    qd, kd, vd = _descriptors(q.contiguous(), k.contiguous(), v.contiguous())
+    _ws_fa2_fwd[(N // BLOCK_M, B * H)](qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None,
+                                       NBUF_=NBUF, num_warps=4, maxnreg=168)
+    return out, m, l
+
+
+def compile_for_sm90(fix):
+    """The kernel compiled here for sm_90 (no GPU), specialised as the launch is."""
+    import torch
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    q = torch.zeros(1, 1, BLOCK_M, HEAD_DIM, dtype=torch.bfloat16)
+    sig = {name: native_specialize_impl(BaseBackend, d, False, True, True)[0]
+           for name, d in zip(("q_desc", "k_desc", "v_desc"), _descriptors(q, q, q))}
+    sig.update(O="*bf16", M="*fp32", L="*fp32", N="i32", qk_scale="fp32", eps2="fp32", beta="fp32",
+               FIX="constexpr", NBUF_="constexpr")
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4, 5, 6)}  # O, M, L and N (a multiple of 128)
+    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
+
+
+def _bits_equal(a, b):
+    import torch
+
+    view = torch.int16 if a.dtype == torch.bfloat16 else torch.int32
+    return bool(torch.equal(a.view(view), b.view(view)))
+
+
+def check_bits():
+    """out, m, l equal to the production kernel's on every element."""
+    import torch
+
+    from gpu import flash_attention
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    res = {"launches": 0, "elements": 0, "mismatching_launches": 0, "mismatches": []}
+    for B, H, N in ((2, 3, 1024), (8, 16, 4096), (1, 1, 128)):
+        for kind in ("random", "ties"):
+            q, k, v = (torch.randn(B, H, N, HEAD_DIM, device="cuda", generator=g).to(torch.bfloat16)
+                       for _ in range(3))
+            if kind == "ties":  # coarse, repeated keys: tied maxima in most rows
+                k = (k * 2).round().to(torch.bfloat16)
+                k[:, :, 1::2] = k[:, :, 0::2]
+                q = (q * 2).round().to(torch.bfloat16)
+            for fix in (None, "paper"):
+                ref = flash_attention(q, k, v, fix=fix)
+                out, m, l = ws_flash_attention(q, k, v, fix=fix)
+                bad = [nm for nm, a, b in (("out", ref.out, out), ("m", ref.m, m), ("l", ref.l, l))
+                       if not _bits_equal(a, b)]
+                res["launches"] += 1
+                res["elements"] += out.numel() + m.numel() + l.numel()
+                if bad:
+                    res["mismatching_launches"] += 1
+                    res["mismatches"].append([B, H, N, kind, fix, bad])
+                    print("MISMATCH", B, H, N, kind, fix, bad, flush=True)
+    print(f"bits: {res['launches']} launches, {res['elements']} elements, "
+          f"{res['mismatching_launches']} launches with a mismatching tensor", flush=True)
+    return res
+
+
+def bench(reps=3):
+    import torch
+
+    from gpu import flash_attention
+
+    B, H, N, D = 8, 16, 4096, HEAD_DIM
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    rows = []
+    for rep in range(reps):
+        for fix in (None, "paper"):
+            for name, fn in (("production", lambda fix=fix: flash_attention(q, k, v, fix=fix)),
+                             ("warp-specialised", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix))):
+                fn()
+                torch.cuda.synchronize()
+                ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+                tf = 4 * B * H * N * N * D / ms * 1e-9
+                rows.append({"rep": rep, "kernel": name, "causal": False, "fix": fix, "ms": ms, "tflops": tf})
+                print(f"rep {rep} {name:<17} fix={fix!s:<6}{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--ptx", action="store_true", help="only compile for sm_90 here: registers, spills, loop sizes")
+    args = ap.parse_args(argv)
+    if args.ptx:
+        from gpu.probes.resources import ptxas_report, sass_loops
+
+        for fix in (False, True):
+            k = compile_for_sm90(fix)
+            regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
+            loops = [n for n, _ in sass_loops(k.asm["cubin"])]
+            print(json.dumps({"fix": fix, "registers": regs, "spill_bytes": spill,
+                              "ptxas_serialised_wgmma": "C7515" in msgs, "loop_instructions": loops}), flush=True)
+        return 0
+    bits = check_bits()
+    perf = bench(args.reps) if bits["mismatching_launches"] == 0 else []
+    if args.json:
+        from gpu.probes.provenance import provenance
+
+        with open(args.json, "w") as f:
+            json.dump({"provenance": provenance(), "bits_vs_production": bits, "bench": perf}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
