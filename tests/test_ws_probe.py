@@ -1,6 +1,6 @@
 """gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment) compiles for
 sm_90 on the CPU into what its GPU record measured: no register spills, no
-wgmma serialisation by ptxas (C7515), and one consumer loop per warpgroup role
+wgmma serialisation by ptxas (C7514, C7515), and one consumer loop per warpgroup role
 whose size differs between fix and no fix only by the fix's work.  Child
 process: compiler_child."""
 

@@ -154,17 +154,18 @@ def _ex2_in_flight(lines, issue, commit, wait, ex2):
 
 def compiler_report(fix=False, D=128):
     """What the compiler made of the overlap, for sm_90 on the CPU: whether ptxas
-    serialised the wgmmas (C7515), and per P·V wgmma group the ex2 count between
+    serialised the wgmmas (C7514, C7515), and per P·V wgmma group the ex2 count between
     its issue and the next wait in the PTX (what Triton emitted) and in the SASS
     (what ptxas kept; it places waits of its own)."""
-    from gpu.probes.resources import compile_kernel, ptxas_report, sass_text
+    from gpu.probes.resources import compile_kernel, ptxas_report, sass_text, wgmma_serialised
 
     k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=fix, extra={"BLOCKS": _pipelined_blocks})
     ptx = k.asm["ptx"].splitlines()
     regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
     sass = sass_text(k.asm["cubin"]).splitlines()
     return {
-        "fix": fix, "registers": regs, "spill_bytes": spill, "ptxas_serialised_wgmma": "C7515" in msgs,
+        "fix": fix, "registers": regs, "spill_bytes": spill,
+        "ptxas_serialised_wgmma": wgmma_serialised(msgs),
         "ex2_in_flight_ptx": _ex2_in_flight(ptx, lambda t: "mma_async" in t and "m64n128k16" in t,
                                             lambda t: "wgmma.commit_group" in t, lambda t: "wgmma.wait_group" in t,
                                             lambda t: "ex2.approx" in t),

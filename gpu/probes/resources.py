@@ -103,6 +103,12 @@ def ptxas_report(ptx, messages=False):
     return (regs, spill, text) if messages else (regs, spill)
 
 
+def wgmma_serialised(ptxas_text):
+    """Whether ptxas reports that it serialised the wgmmas (performance notes C7514,
+    C7515, ...: a wgmma's accumulator touched by other instructions while in flight)."""
+    return "wgmma.mma_async instructions are serialized" in ptxas_text
+
+
 def sass_text(cubin):
     """nvdisasm's listing (bundled with Triton) of a cubin."""
     import subprocess

@@ -270,14 +270,15 @@ def main(argv=None):
     ap.add_argument("--ptx", action="store_true", help="only compile for sm_90 here: registers, spills, loop sizes")
     args = ap.parse_args(argv)
     if args.ptx:
-        from gpu.probes.resources import ptxas_report, sass_loops
+        from gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
 
         for fix in (False, True):
             k = compile_for_sm90(fix)
             regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
             loops = [n for n, _ in sass_loops(k.asm["cubin"])]
             print(json.dumps({"fix": fix, "registers": regs, "spill_bytes": spill,
-                              "ptxas_serialised_wgmma": "C7515" in msgs, "loop_instructions": loops}), flush=True)
+                              "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": loops}),
+                  flush=True)
         return 0
     bits = check_bits()
     perf = bench(args.reps) if bits["mismatching_launches"] == 0 else []
