@@ -45,6 +45,9 @@ def _top2(a1, a2, b1, b2):
 
 @gluon.jit
 def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
+    """Consumer warpgroup c: rows c·64 .. c·64 + 63 of the program's 128-row tile,
+    every key block in order (wait for it, S = Q·Kᵀ, softmax step, acc·α,
+    acc += P̄·V, release it), then O, m and l stored."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
      qrow0, _krow0, n_blocks, qk_scale, eps2, beta) = args
     BM: gl.constexpr = 64
@@ -106,6 +109,8 @@ def _consume_hi(args, FIX: gl.constexpr):
 
 @gluon.jit
 def _load(args, FIX: gl.constexpr):
+    """The loader warp: Q once, then K and V of every key block into the ring, each
+    slot reused after both consumers released it."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, _O, _M, _L,
      qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta) = args
     BN: gl.constexpr = k_desc.block_type.shape[0]
