@@ -16,6 +16,19 @@ import json
 import sys
 
 
+def time_forward(fn, B, H, N, D, causal):
+    """(ms, TFLOP/s) of the attention launch ``fn()`` on (B, H, N, D): one call, then
+    the median of triton.testing.do_bench (25 ms warm-up, 200 ms of repeats);
+    FLOPs = 4·B·H·N²·D, half of that causal.  Every benchmark here times this way."""
+    import torch
+    import triton
+
+    fn()
+    torch.cuda.synchronize()
+    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+    return ms, 4 * B * H * N * N * D * (0.5 if causal else 1.0) / ms * 1e-9
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--B", type=int, default=8)
@@ -28,7 +41,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     import torch
-    import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -42,15 +54,11 @@ def main(argv=None):
 
     def bench(name, fn, causal):
         try:
-            fn()
-            torch.cuda.synchronize()
-            ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+            ms, tf = time_forward(fn, B, H, N, D, causal)
         except Exception as e:  # noqa: BLE001 - a backend may be unavailable; say so
             rows.append({"kernel": name, "causal": causal, "error": repr(e)[:200]})
             print(f"{name:<34}{'causal' if causal else 'full':<8} unavailable: {repr(e)[:120]}", flush=True)
             return
-        flops = 4 * B * H * N * N * D * (0.5 if causal else 1.0)
-        tf = flops / ms * 1e-9
         rows.append({"kernel": name, "causal": causal, "ms": ms, "tflops": tf})
         print(f"{name:<34}{'causal' if causal else 'full':<8}{ms:9.3f} ms {tf:8.1f} TFLOP/s", flush=True)
 

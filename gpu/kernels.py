@@ -75,7 +75,9 @@ def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, M
             # fl(s2·c) >= thr: fl(x·c) is monotone in x and the largest always
             # passes (thr = fl(max·c − ε') <= fl(max·c)); two ops per score
             # instead of a multiply, compare and count
-            q1, q2 = tl.reduce((qk, tl.full(qk.shape, float("nan"), tl.float32)), 1, _top2_combine)
+            # qk + NaN: the all-NaN second slot in qk's layout (folded to a constant),
+            # so that this step also compiles as Gluon (gpu/probes/ws_fa2.py)
+            q1, q2 = tl.reduce((qk, qk + float("nan")), 1, _top2_combine)
             bm = q1 * qk_scale
             thr = bm - eps2
             two = (q2 * qk_scale) >= thr

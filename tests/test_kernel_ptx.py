@@ -50,17 +50,15 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from compiler_child import child_stdout
+
 LOG2E_F32_HEX = "0f3FB8AA3B"
 
 
@@ -91,20 +89,12 @@ def _compile_variants(variants):
 
 @pytest.fixture(scope="module")
 def ptx_of():
-    """Compile every variant in a child process.  The interpreter tests
-    (test_kernels_interpreter.py) set TRITON_INTERPRET=1 before triton is imported
-    in this process, which makes triton's own library functions interpreter
-    objects; the compiler needs them compiled-mode.  A child without the variable
-    is the clean way to have both in one pytest run."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.dirname(__file__)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    """Compile every variant in one child process (compiler_child: the interpreter
+    tests make this process's triton interpreter-mode)."""
     code = ("import json, sys; from test_kernel_ptx import _compile_variants; "
             "v = [tuple(x) for x in json.load(sys.stdin)]; json.dump(_compile_variants(v), sys.stdout)")
-    r = subprocess.run([sys.executable, "-c", code], input=json.dumps(VARIANTS), capture_output=True, text=True,
-                       env=env, cwd=ROOT, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
-    raw = json.loads(r.stdout)
+    out = child_stdout(["-c", code], stdin=json.dumps(VARIANTS))
+    raw = json.loads(out)
 
     def get(name, D=64, fix=False, psr=False, osr=False, dump=False):
         text, args = raw[json.dumps([name, D, fix, psr, osr, dump])]

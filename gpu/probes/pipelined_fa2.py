@@ -226,6 +226,7 @@ def bench(reps=3):
     import torch
 
     from gpu import flash_attention
+    from gpu.bench import time_forward
 
     B, H, N, D = 8, 16, 4096, 128
     torch.manual_seed(0)
@@ -240,10 +241,7 @@ def bench(reps=3):
                             with _use_pipelined():
                                 return flash_attention(q, k, v, causal=causal, fix=fix)
                         return flash_attention(q, k, v, causal=causal, fix=fix)
-                    f()
-                    torch.cuda.synchronize()
-                    ms = triton.testing.do_bench(f, warmup=25, rep=200, return_mode="median")
-                    tf = 4 * B * H * N * N * D * (0.5 if causal else 1.0) / ms * 1e-9
+                    ms, tf = time_forward(f, B, H, N, D, causal)
                     out.append({"rep": rep, "kernel": name, "causal": causal, "fix": fix, "ms": ms, "tflops": tf})
                     print(f"rep {rep} {name:<11} {'causal' if causal else 'full':<7} fix={fix!s:<6}"
                           f"{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)

@@ -9,7 +9,8 @@ tensor-core work of the other.
 Scope: non-causal, Nq = Nk a multiple of 128, head dim 128, round to nearest,
 no dumps — the benchmark's case.  Every row runs the same operations in the
 same order as gpu.kernels._fa2_fwd's unmasked loop (the same wgmma shapes per
-warpgroup, the same reductions in the same layout, the same contractions), so
+warpgroup; the softmax step is gpu.kernels._fa2_softmax itself, compiled as
+Gluon, so the same reductions in the same layout and the same contractions), so
 the outputs must be bit-identical to the production kernel; the GPU run checks
 that on every element before it times anything.
 """
@@ -21,7 +22,6 @@ import json
 import sys
 
 import triton
-import triton.language as tl
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -31,16 +31,17 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
+from gpu.kernels import _fa2_softmax
+
 BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
 BLOCK_N = 64    # keys per block (the recipe's block_n)
 HEAD_DIM = 128
 NBUF = 3        # K/V ring depth
 
 
-@gluon.jit
-def _top2(a1, a2, b1, b2):
-    lo = gl.minimum(a1, b1, propagate_nan=tl.PropagateNan.ALL)
-    return gl.maximum(a1, b1), gl.maximum(gl.maximum(a2, b2), lo)
+# the production kernel's softmax step, compiled as Gluon (it uses only
+# layout-free tl operations); MASKED=False, so its ``valid`` is never read
+_softmax = gluon.jit(_fa2_softmax.fn)
 
 
 @gluon.jit
@@ -68,21 +69,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
         mbarrier.wait(ready.index(s), (j // NB) & 1)
         qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
-        if FIX:
-            q1, q2 = gl.reduce((qk, gl.full([BM, BN], float("nan"), gl.float32, s_layout)), 1, _top2)
-            bm = q1 * qk_scale
-            thr = bm - eps2
-            two = (q2 * qk_scale) >= thr
-            bm = gl.where(two & (bm > 0), bm * beta, bm)
-            bm = gl.where(two & (bm < 0), 0.0, bm)
-        else:
-            bm = gl.max(qk, 1) * qk_scale
-        m_new = gl.maximum(m_i, bm)
-        p = gl.exp2(qk * qk_scale - gl.expand_dims(m_new, 1))
-        l_blk = gl.sum(p, 1)
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + l_blk
-        m_i = m_new
+        p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
         acc = warpgroup_mma(pb, v_bufs.index(s), acc, is_async=True)
@@ -250,6 +237,7 @@ def bench(reps=3):
     import torch
 
     from gpu import flash_attention
+    from gpu.bench import time_forward
 
     B, H, N, D = 8, 16, 4096, HEAD_DIM
     torch.manual_seed(0)
@@ -259,10 +247,7 @@ def bench(reps=3):
         for fix in (None, "paper"):
             for name, fn in (("production", lambda fix=fix: flash_attention(q, k, v, fix=fix)),
                              ("warp-specialised", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix))):
-                fn()
-                torch.cuda.synchronize()
-                ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-                tf = 4 * B * H * N * N * D / ms * 1e-9
+                ms, tf = time_forward(fn, B, H, N, D, False)
                 rows.append({"rep": rep, "kernel": name, "causal": False, "fix": fix, "ms": ms, "tflops": tf})
                 print(f"rep {rep} {name:<17} fix={fix!s:<6}{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
     return rows

@@ -1,0 +1,68 @@
+"""The two kernel-schedule probes (negative results on the fix's cost, see
+docs/hardware.md "The attention kernels") compile for sm_90 on the CPU into what
+their GPU records measured.  Compiled in a child process (compiler_child).
+
+gpu/probes/pipelined_fa2.py says it gets past Triton's wgmma pipeliner — the P·V
+wgmma of block j−1 is committed and then the whole softmax of block j (its
+E = 32 ex2 per thread, plus α's two) comes before the next wait in the PTX —
+without ptxas serialising every wgmma (performance notes C7514, C7515).
+
+gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment): no register spills,
+no wgmma serialisation, and one consumer loop per warpgroup role whose size
+differs between fix and no fix only by the fix's work.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed", allow_module_level=True)
+
+from compiler_child import json_lines_of
+
+
+@pytest.fixture(scope="module")
+def pipelined():
+    return json_lines_of("gpu.probes.pipelined_fa2", "--ptx")
+
+
+@pytest.fixture(scope="module")
+def ws():
+    return json_lines_of("gpu.probes.ws_fa2", "--ptx")
+
+
+def test_pipelined_both_variants_reported(pipelined):
+    assert [r["fix"] for r in pipelined] == [False, True]
+
+
+def test_pipelined_ptxas_does_not_serialise_the_wgmmas(pipelined):
+    for r in pipelined:
+        assert not r["ptxas_serialised_wgmma"], r
+        assert r["spill_bytes"] == 0, r
+
+
+def test_pipelined_softmax_is_emitted_while_pv_is_in_flight(pipelined):
+    for r in pipelined:
+        # one P·V group per loop body (two loops) plus one drain after each loop
+        groups = r["ex2_in_flight_ptx"]
+        assert len(groups) == 4, r
+        assert sorted(groups) == [0, 0, 34, 34], r
+
+
+def test_ws_compiles_without_spills_or_serialisation(ws):
+    assert [r["fix"] for r in ws] == [False, True]
+    for r in ws:
+        assert r["spill_bytes"] == 0, r
+        assert not r["ptxas_serialised_wgmma"], r
+
+
+def test_ws_the_fix_adds_its_fold_to_both_consumer_loops(ws):
+    # the two consumer roles compile to one block loop each; the fix adds the
+    # top-2 fold (two ops for each of a thread's 32 scores) and its per-row tail
+    plain, fixed = (sorted(n for n in r["loop_instructions"] if 200 < n < 1000) for r in ws)
+    assert len(plain) == len(fixed) == 2, ws
+    for a, b in zip(plain, fixed):
+        assert 64 <= b - a <= 128, (plain, fixed)
