@@ -771,10 +771,10 @@ def test_attention_exp2_unit_is_the_sfu_model():
     one) reads as ±inf, so exp2 gives 0 or inf rather than garbage bits."""
     from emulator import sfu_exp2
     from emulator.attention.kernel import mufu
-    from emulator.hw.sfu import load_exp2_tables
+    from emulator.hw.sfu import ex2_params, load_exp2_tables
 
     tpos, tneg, p = load_exp2_tables("sm90")
-    ex2p = (int(p["F"]), bool(p["round_key"]), bool(p["twos"]), np.uint32(p["nan_code"]))
+    ex2p = ex2_params(p)
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.uniform(-160, 130, 3000), [-126.0, -126.5, -149.0, -150.5, 0.0, -0.0, 128.0]])
     x = x.astype(np.float32)

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from ..formats import FORMATS, get_format
-from ..hw.sfu import load_exp2_tables
+from ..hw.sfu import ex2_params, load_exp2_tables
 from ..hw.tensor_core import TC_MODELS, decode_operands
 from ..philox import seed_to_u64
 from ..rounding import RoundMode, quantize, target
@@ -227,7 +227,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         k_s, k_e, k_p = decode_operands(kT, tc_in)
         v_s, v_e, v_p = decode_operands(vf, fv.name)
         tpos, tneg, ex2 = load_exp2_tables("sm90")
-        ex2p = (int(ex2["F"]), bool(ex2["round_key"]), bool(ex2["twos"]), np.uint32(ex2["nan_code"]))
+        ex2p = ex2_params(ex2)
         out = np.empty((BH, Nq, D))
         m_out = np.empty((BH, Nq))
         l_out = np.empty((BH, Nq))

@@ -163,6 +163,12 @@ def load_exp2_tables(arch: str = "sm90", path: str | None = None):
     return tpos, tneg, params
 
 
+def ex2_params(params) -> tuple:
+    """A parameters dict of :func:`load_exp2_tables` as the njit routines
+    (:func:`ex2_approx`) take it: (F, round_key, twos, nan_code), typed."""
+    return int(params["F"]), bool(params["round_key"]), bool(params["twos"]), np.uint32(params["nan_code"])
+
+
 def exp2_table_model(x_bits: np.ndarray, tpos, tneg, *, F: int, round_key: bool, nan_code: int,
                      ftz: bool, twos: bool = False) -> np.ndarray:
     """The model on float32 bit patterns with explicit tables (2^F entries each:
