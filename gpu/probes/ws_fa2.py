@@ -50,7 +50,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
     every key block in order (wait for it, S = Q·Kᵀ, softmax step, acc·α,
     acc += P̄·V, release it), then O, m and l stored."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
-     qrow0, _krow0, n_blocks, qk_scale, eps2, beta) = args
+     qrow0, _krow0, n_blocks, qk_scale, eps2, beta, _turn) = args
     BM: gl.constexpr = 64
     BN: gl.constexpr = k_desc.block_type.shape[0]
     D: gl.constexpr = k_desc.block_type.shape[1]
@@ -85,21 +85,90 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
-def _consume_lo(args, FIX: gl.constexpr):
-    _consume(args, 0, FIX)
+def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr):
+    """Consumer warpgroup c as _consume, reordered FlashAttention-3 style so that
+    one warpgroup's softmax runs while the other's wgmmas do: at step j it waits
+    its turn, issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ together, hands the turn to the
+    other warpgroup, waits for both, then runs block j's softmax step and acc·α.
+    Per row the operations and their order are _consume's (acc·α_j, then
+    acc += P̄_j·V_j, then acc·α_{j+1}, ...): only the issue times move."""
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+     qrow0, _krow0, n_blocks, qk_scale, eps2, beta, turn) = args
+    BM: gl.constexpr = 64
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    D: gl.constexpr = k_desc.block_type.shape[1]
+    NB: gl.constexpr = k_bufs.type.shape[0]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    q = q_smem.slice(c * BM, BM, dim=0)
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BM, D], gl.float32, o_layout)
+    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    mine = turn.index(c)
+    theirs = turn.index(1 - c)
+    mbarrier.wait(q_bar, 0)
+    # step 0: Q·K_0ᵀ only.  Warpgroup 0 goes first: its turn barrier is waited
+    # with the parity an mbarrier reports complete before any arrival
+    mbarrier.wait(mine, c ^ 1)
+    mbarrier.wait(ready.index(0), 0)
+    qk = warpgroup_mma(q, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    mbarrier.arrive(theirs, count=1)
+    qk = warpgroup_mma_wait(0, deps=(qk,))
+    p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+    for j in range(1, n_blocks):
+        s = j % NB
+        sp = (j - 1) % NB
+        mbarrier.wait(mine, (j & 1) ^ c ^ 1)
+        mbarrier.wait(ready.index(s), (j // NB) & 1)
+        acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
+        qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        mbarrier.arrive(theirs, count=1)
+        acc, qk = warpgroup_mma_wait(0, deps=(acc, qk))
+        mbarrier.arrive(empty.index(sp), count=1)
+        p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+    sp = (n_blocks - 1) % NB
+    mbarrier.wait(mine, (n_blocks & 1) ^ c ^ 1)
+    acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
+    mbarrier.arrive(theirs, count=1)
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    mbarrier.arrive(empty.index(sp), count=1)
+    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
+    rows_o = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
+    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
+    rows_s = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
+    gl.store(M + rows_s, m_i)
+    gl.store(L + rows_s, l_i)
 
 
 @gluon.jit
-def _consume_hi(args, FIX: gl.constexpr):
-    _consume(args, 1, FIX)
+def _consume_lo(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        _consume_pingpong(args, 0, FIX)
+    else:
+        _consume(args, 0, FIX)
 
 
 @gluon.jit
-def _load(args, FIX: gl.constexpr):
+def _consume_hi(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        _consume_pingpong(args, 1, FIX)
+    else:
+        _consume(args, 1, FIX)
+
+
+@gluon.jit
+def _load(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
     """The loader warp: Q once, then K and V of every key block into the ring, each
     slot reused after both consumers released it."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, _O, _M, _L,
-     qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta) = args
+     qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta, _turn) = args
     BN: gl.constexpr = k_desc.block_type.shape[0]
     NB: gl.constexpr = k_bufs.type.shape[0]
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
@@ -115,7 +184,7 @@ def _load(args, FIX: gl.constexpr):
 
 @gluon.jit
 def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
-                FIX: gl.constexpr, NBUF_: gl.constexpr):
+                FIX: gl.constexpr, NBUF_: gl.constexpr, PINGPONG: gl.constexpr):
     BM: gl.constexpr = q_desc.block_type.shape[0]
     BN: gl.constexpr = k_desc.block_type.shape[0]
     pid_m = gl.program_id(0)
@@ -133,9 +202,13 @@ def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2)   # both consumer warpgroups release a block
     mbarrier.init(q_bar, count=1)
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)   # pingpong: the other warpgroup hands the turn over
     args = (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, O, M, L,
-            qrow0, krow0, n_blocks, qk_scale, eps2, beta)
-    gl.warp_specialize([(_consume_lo, (args, FIX)), (_consume_hi, (args, FIX)), (_load, (args, FIX))],
+            qrow0, krow0, n_blocks, qk_scale, eps2, beta, turn)
+    gl.warp_specialize([(_consume_lo, (args, FIX, PINGPONG)), (_consume_hi, (args, FIX, PINGPONG)),
+                        (_load, (args, FIX, PINGPONG))],
                        [4, 1], [240, 24])
 
 
@@ -151,7 +224,7 @@ def _descriptors(q, k, v):
     return out
 
 
-def ws_flash_attention(q, k, v, fix=None):
+def ws_flash_attention(q, k, v, fix=None, pingpong=False):
     """(out, m, l) of the fa2 recipe (default tiles, rne, non-causal) for contiguous
     (B, H, N, 128) bf16 CUDA tensors with N a multiple of 128."""
     import math
@@ -173,11 +246,11 @@ def ws_flash_attention(q, k, v, fix=None):
     l = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     qd, kd, vd = _descriptors(q.contiguous(), k.contiguous(), v.contiguous())
     _ws_fa2_fwd[(N // BLOCK_M, B * H)](qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None,
-                                       NBUF_=NBUF, num_warps=4, maxnreg=168)
+                                       NBUF_=NBUF, PINGPONG=pingpong, num_warps=4, maxnreg=168)
     return out, m, l
 
 
-def compile_for_sm90(fix):
+def compile_for_sm90(fix, pingpong=False):
     """The kernel compiled here for sm_90 (no GPU), specialised as the launch is."""
     import torch
     from triton._C.libtriton import native_specialize_impl
@@ -188,9 +261,9 @@ def compile_for_sm90(fix):
     sig = {name: native_specialize_impl(BaseBackend, d, False, True, True)[0]
            for name, d in zip(("q_desc", "k_desc", "v_desc"), _descriptors(q, q, q))}
     sig.update(O="*bf16", M="*fp32", L="*fp32", N="i32", qk_scale="fp32", eps2="fp32", beta="fp32",
-               FIX="constexpr", NBUF_="constexpr")
+               FIX="constexpr", NBUF_="constexpr", PINGPONG="constexpr")
     attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4, 5, 6)}  # O, M, L and N (a multiple of 128)
-    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF}, attrs=attrs)
+    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF, "PINGPONG": pingpong}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
@@ -219,15 +292,16 @@ def check_bits():
                 q = (q * 2).round().to(torch.bfloat16)
             for fix in (None, "paper"):
                 ref = flash_attention(q, k, v, fix=fix)
-                out, m, l = ws_flash_attention(q, k, v, fix=fix)
-                bad = [nm for nm, a, b in (("out", ref.out, out), ("m", ref.m, m), ("l", ref.l, l))
-                       if not _bits_equal(a, b)]
-                res["launches"] += 1
-                res["elements"] += out.numel() + m.numel() + l.numel()
-                if bad:
-                    res["mismatching_launches"] += 1
-                    res["mismatches"].append([B, H, N, kind, fix, bad])
-                    print("MISMATCH", B, H, N, kind, fix, bad, flush=True)
+                for pingpong in (False, True):
+                    out, m, l = ws_flash_attention(q, k, v, fix=fix, pingpong=pingpong)
+                    bad = [nm for nm, a, b in (("out", ref.out, out), ("m", ref.m, m), ("l", ref.l, l))
+                           if not _bits_equal(a, b)]
+                    res["launches"] += 1
+                    res["elements"] += out.numel() + m.numel() + l.numel()
+                    if bad:
+                        res["mismatching_launches"] += 1
+                        res["mismatches"].append([B, H, N, kind, fix, pingpong, bad])
+                        print("MISMATCH", B, H, N, kind, fix, pingpong, bad, flush=True)
     print(f"bits: {res['launches']} launches, {res['elements']} elements, "
           f"{res['mismatching_launches']} launches with a mismatching tensor", flush=True)
     return res
@@ -246,7 +320,8 @@ def bench(reps=3):
     for rep in range(reps):
         for fix in (None, "paper"):
             for name, fn in (("production", lambda fix=fix: flash_attention(q, k, v, fix=fix)),
-                             ("warp-specialised", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix))):
+                             ("warp-specialised", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix)),
+                             ("ws-pingpong", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix, pingpong=True))):
                 ms, tf = time_forward(fn, B, H, N, D, False)
                 rows.append({"rep": rep, "kernel": name, "causal": False, "fix": fix, "ms": ms, "tflops": tf})
                 print(f"rep {rep} {name:<17} fix={fix!s:<6}{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
@@ -262,13 +337,14 @@ def main(argv=None):
     if args.ptx:
         from gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
 
-        for fix in (False, True):
-            k = compile_for_sm90(fix)
-            regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
-            loops = [n for n, _ in sass_loops(k.asm["cubin"])]
-            print(json.dumps({"fix": fix, "registers": regs, "spill_bytes": spill,
-                              "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": loops}),
-                  flush=True)
+        for pingpong in (False, True):
+            for fix in (False, True):
+                k = compile_for_sm90(fix, pingpong)
+                regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
+                loops = [n for n, _ in sass_loops(k.asm["cubin"])]
+                print(json.dumps({"pingpong": pingpong, "fix": fix, "registers": regs, "spill_bytes": spill,
+                                  "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": loops}),
+                      flush=True)
         return 0
     bits = check_bits()
     perf = bench(args.reps) if bits["mismatching_launches"] == 0 else []
