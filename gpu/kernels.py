@@ -57,11 +57,11 @@ def _top2_combine(a1, a2, b1, b2):
 
 
 @triton.jit
-def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
-    """One key block's online-softmax step on the fp32 scores qk (masked to −inf
-    where not ``valid`` if MASKED): the block max (with the paper fix if FIX),
-    m_new, P = exp2(qk·c − m_new), α = exp2(m_old − m_new), l·α + rowsum(P).
-    Returns (P, m_new, l_new, α); the caller rescales the accumulator by α."""
+def _fa2_row_max(qk, m_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """The max half of one key block's online-softmax step on the fp32 scores qk
+    (masked to −inf where not ``valid`` if MASKED): the block max (with the paper
+    fix if FIX), scaled to the log2 domain, and m_new = max(m_old, block max).
+    Returns (qk, m_new), qk masked."""
     if MASKED:
         qk = tl.where(valid, qk, float("-inf"))
     if FIX:
@@ -85,11 +85,26 @@ def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, M
         bm = tl.where(two & (bm < 0), 0.0, bm)
     else:
         bm = tl.max(qk, 1) * qk_scale
-    m_new = tl.maximum(m_i, bm)
+    return qk, tl.maximum(m_i, bm)
+
+
+@triton.jit
+def _fa2_exp(qk, m_i, m_new, l_i, qk_scale):
+    """The exp half of the step: P = exp2(qk·c − m_new), α = exp2(m_old − m_new),
+    l·α + rowsum(P).  Returns (P, l_new, α)."""
     p = tl.math.exp2(qk * qk_scale - m_new[:, None])
     l_blk = tl.sum(p, 1)
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + l_blk
+    return p, l_i, alpha
+
+
+@triton.jit
+def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """One key block's online-softmax step: _fa2_row_max, then _fa2_exp.
+    Returns (P, m_new, l_new, α); the caller rescales the accumulator by α."""
+    qk, m_new = _fa2_row_max(qk, m_i, valid, qk_scale, eps2, beta, FIX, MASKED)
+    p, l_i, alpha = _fa2_exp(qk, m_i, m_new, l_i, qk_scale)
     return p, m_new, l_i, alpha
 
 

@@ -31,17 +31,23 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from gpu.kernels import _fa2_softmax
+from gpu.kernels import _fa2_exp, _fa2_row_max, _fa2_softmax
 
 BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
 BLOCK_N = 64    # keys per block (the recipe's block_n)
 HEAD_DIM = 128
 NBUF = 3        # K/V ring depth
+# how the two consumer warpgroups share the tensor cores: "free" (no ordering),
+# "pingpong" (FlashAttention-3's alternation), "pingpong-early-max" (and block
+# j's max runs while P̄_{j-1}·V_{j-1} is in flight)
+SCHEDULES = ("free", "pingpong", "pingpong-early-max")
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
 # layout-free tl operations); MASKED=False, so its ``valid`` is never read
 _softmax = gluon.jit(_fa2_softmax.fn)
+_row_max = gluon.jit(_fa2_row_max.fn)
+_exp = gluon.jit(_fa2_exp.fn)
 
 
 @gluon.jit
@@ -85,7 +91,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
-def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr):
+def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.constexpr):
     """Consumer warpgroup c as _consume, reordered FlashAttention-3 style so that
     one warpgroup's softmax runs while the other's wgmmas do: at step j it waits
     its turn, issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ together, hands the turn to the
@@ -124,12 +130,24 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr):
         sp = (j - 1) % NB
         mbarrier.wait(mine, (j & 1) ^ c ^ 1)
         mbarrier.wait(ready.index(s), (j // NB) & 1)
-        acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
-        qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        mbarrier.arrive(theirs, count=1)
-        acc, qk = warpgroup_mma_wait(0, deps=(acc, qk))
+        if EARLY_MAX:
+            # Q·K_jᵀ first: wgmma groups complete in order, so block j's max
+            # (and the fix's decision) runs while P̄_{j-1}·V_{j-1} is in flight
+            qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
+            mbarrier.arrive(theirs, count=1)
+            qk = warpgroup_mma_wait(1, deps=(qk,))
+            qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
+            acc = warpgroup_mma_wait(0, deps=(acc,))
+        else:
+            acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
+            qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            mbarrier.arrive(theirs, count=1)
+            acc, qk = warpgroup_mma_wait(0, deps=(acc, qk))
+            qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
         mbarrier.arrive(empty.index(sp), count=1)
-        p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
+        p, l_i, alpha = _exp(qk, m_i, m_new, l_i, qk_scale)
+        m_i = m_new
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
     sp = (n_blocks - 1) % NB
@@ -148,23 +166,23 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
-def _consume_lo(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        _consume_pingpong(args, 0, FIX)
+def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
+    if SCHEDULE > 0:
+        _consume_pingpong(args, 0, FIX, SCHEDULE == 2)
     else:
         _consume(args, 0, FIX)
 
 
 @gluon.jit
-def _consume_hi(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        _consume_pingpong(args, 1, FIX)
+def _consume_hi(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
+    if SCHEDULE > 0:
+        _consume_pingpong(args, 1, FIX, SCHEDULE == 2)
     else:
         _consume(args, 1, FIX)
 
 
 @gluon.jit
-def _load(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
+def _load(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     """The loader warp: Q once, then K and V of every key block into the ring, each
     slot reused after both consumers released it."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, _O, _M, _L,
@@ -184,7 +202,7 @@ def _load(args, FIX: gl.constexpr, PINGPONG: gl.constexpr):
 
 @gluon.jit
 def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
-                FIX: gl.constexpr, NBUF_: gl.constexpr, PINGPONG: gl.constexpr):
+                FIX: gl.constexpr, NBUF_: gl.constexpr, SCHEDULE: gl.constexpr):
     BM: gl.constexpr = q_desc.block_type.shape[0]
     BN: gl.constexpr = k_desc.block_type.shape[0]
     pid_m = gl.program_id(0)
@@ -207,8 +225,8 @@ def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
         mbarrier.init(turn.index(i), count=1)   # pingpong: the other warpgroup hands the turn over
     args = (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, O, M, L,
             qrow0, krow0, n_blocks, qk_scale, eps2, beta, turn)
-    gl.warp_specialize([(_consume_lo, (args, FIX, PINGPONG)), (_consume_hi, (args, FIX, PINGPONG)),
-                        (_load, (args, FIX, PINGPONG))],
+    gl.warp_specialize([(_consume_lo, (args, FIX, SCHEDULE)), (_consume_hi, (args, FIX, SCHEDULE)),
+                        (_load, (args, FIX, SCHEDULE))],
                        [4, 1], [240, 24])
 
 
@@ -224,7 +242,7 @@ def _descriptors(q, k, v):
     return out
 
 
-def ws_flash_attention(q, k, v, fix=None, pingpong=False):
+def ws_flash_attention(q, k, v, fix=None, schedule="free"):
     """(out, m, l) of the fa2 recipe (default tiles, rne, non-causal) for contiguous
     (B, H, N, 128) bf16 CUDA tensors with N a multiple of 128."""
     import math
@@ -246,11 +264,12 @@ def ws_flash_attention(q, k, v, fix=None, pingpong=False):
     l = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     qd, kd, vd = _descriptors(q.contiguous(), k.contiguous(), v.contiguous())
     _ws_fa2_fwd[(N // BLOCK_M, B * H)](qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None,
-                                       NBUF_=NBUF, PINGPONG=pingpong, num_warps=4, maxnreg=168)
+                                       NBUF_=NBUF, SCHEDULE=SCHEDULES.index(schedule), num_warps=4,
+                                       maxnreg=168)
     return out, m, l
 
 
-def compile_for_sm90(fix, pingpong=False):
+def compile_for_sm90(fix, schedule="free"):
     """The kernel compiled here for sm_90 (no GPU), specialised as the launch is."""
     import torch
     from triton._C.libtriton import native_specialize_impl
@@ -261,9 +280,9 @@ def compile_for_sm90(fix, pingpong=False):
     sig = {name: native_specialize_impl(BaseBackend, d, False, True, True)[0]
            for name, d in zip(("q_desc", "k_desc", "v_desc"), _descriptors(q, q, q))}
     sig.update(O="*bf16", M="*fp32", L="*fp32", N="i32", qk_scale="fp32", eps2="fp32", beta="fp32",
-               FIX="constexpr", NBUF_="constexpr", PINGPONG="constexpr")
+               FIX="constexpr", NBUF_="constexpr", SCHEDULE="constexpr")
     attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4, 5, 6)}  # O, M, L and N (a multiple of 128)
-    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF, "PINGPONG": pingpong}, attrs=attrs)
+    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF, "SCHEDULE": SCHEDULES.index(schedule)}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
@@ -292,16 +311,16 @@ def check_bits():
                 q = (q * 2).round().to(torch.bfloat16)
             for fix in (None, "paper"):
                 ref = flash_attention(q, k, v, fix=fix)
-                for pingpong in (False, True):
-                    out, m, l = ws_flash_attention(q, k, v, fix=fix, pingpong=pingpong)
+                for schedule in SCHEDULES:
+                    out, m, l = ws_flash_attention(q, k, v, fix=fix, schedule=schedule)
                     bad = [nm for nm, a, b in (("out", ref.out, out), ("m", ref.m, m), ("l", ref.l, l))
                            if not _bits_equal(a, b)]
                     res["launches"] += 1
                     res["elements"] += out.numel() + m.numel() + l.numel()
                     if bad:
                         res["mismatching_launches"] += 1
-                        res["mismatches"].append([B, H, N, kind, fix, pingpong, bad])
-                        print("MISMATCH", B, H, N, kind, fix, pingpong, bad, flush=True)
+                        res["mismatches"].append([B, H, N, kind, fix, schedule, bad])
+                        print("MISMATCH", B, H, N, kind, fix, schedule, bad, flush=True)
     print(f"bits: {res['launches']} launches, {res['elements']} elements, "
           f"{res['mismatching_launches']} launches with a mismatching tensor", flush=True)
     return res
@@ -319,12 +338,13 @@ def bench(reps=3):
     rows = []
     for rep in range(reps):
         for fix in (None, "paper"):
-            for name, fn in (("production", lambda fix=fix: flash_attention(q, k, v, fix=fix)),
-                             ("warp-specialised", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix)),
-                             ("ws-pingpong", lambda fix=fix: ws_flash_attention(q, k, v, fix=fix, pingpong=True))):
+            kernels = [("production", lambda fix=fix: flash_attention(q, k, v, fix=fix))]
+            kernels += [(f"ws {sch}", lambda fix=fix, sch=sch: ws_flash_attention(q, k, v, fix=fix, schedule=sch))
+                        for sch in SCHEDULES]
+            for name, fn in kernels:
                 ms, tf = time_forward(fn, B, H, N, D, False)
                 rows.append({"rep": rep, "kernel": name, "causal": False, "fix": fix, "ms": ms, "tflops": tf})
-                print(f"rep {rep} {name:<17} fix={fix!s:<6}{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
+                print(f"rep {rep} {name:<22} fix={fix!s:<6}{ms:8.3f} ms {tf:7.1f} TFLOP/s", flush=True)
     return rows
 
 
@@ -337,12 +357,12 @@ def main(argv=None):
     if args.ptx:
         from gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
 
-        for pingpong in (False, True):
+        for schedule in SCHEDULES:
             for fix in (False, True):
-                k = compile_for_sm90(fix, pingpong)
+                k = compile_for_sm90(fix, schedule)
                 regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
                 loops = [n for n, _ in sass_loops(k.asm["cubin"])]
-                print(json.dumps({"pingpong": pingpong, "fix": fix, "registers": regs, "spill_bytes": spill,
+                print(json.dumps({"schedule": schedule, "fix": fix, "registers": regs, "spill_bytes": spill,
                                   "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": loops}),
                       flush=True)
         return 0
