@@ -89,13 +89,25 @@ def _fa2_row_max(qk, m_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED
 
 
 @triton.jit
-def _fa2_exp(qk, m_i, m_new, l_i, qk_scale):
-    """The exp half of the step: P = exp2(qk·c − m_new), α = exp2(m_old − m_new),
-    l·α + rowsum(P).  Returns (P, l_new, α)."""
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+def _fa2_p(qk, m_new, qk_scale):
+    """P = exp2(qk·c − m_new): one fma.rn.f32 and one ex2.approx.ftz.f32 per score."""
+    return tl.math.exp2(qk * qk_scale - m_new[:, None])
+
+
+@triton.jit
+def _fa2_l(p, m_i, m_new, l_i):
+    """α = exp2(m_old − m_new) and l·α + rowsum(P) (an fma).  Returns (l_new, α)."""
     l_blk = tl.sum(p, 1)
     alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + l_blk
+    return l_i * alpha + l_blk, alpha
+
+
+@triton.jit
+def _fa2_exp(qk, m_i, m_new, l_i, qk_scale):
+    """The exp half of the step: P (_fa2_p), then α and l (_fa2_l).
+    Returns (P, l_new, α)."""
+    p = _fa2_p(qk, m_new, qk_scale)
+    l_i, alpha = _fa2_l(p, m_i, m_new, l_i)
     return p, l_i, alpha
 
 

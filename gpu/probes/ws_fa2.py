@@ -31,7 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from gpu.kernels import _fa2_exp, _fa2_row_max, _fa2_softmax
+from gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
 
 BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
 BLOCK_N = 64    # keys per block (the recipe's block_n)
@@ -39,8 +39,9 @@ HEAD_DIM = 128
 NBUF = 3        # K/V ring depth
 # how the two consumer warpgroups share the tensor cores: "free" (no ordering),
 # "pingpong" (FlashAttention-3's alternation), "pingpong-early-max" (and block
-# j's max runs while P̄_{j-1}·V_{j-1} is in flight)
-SCHEDULES = ("free", "pingpong", "pingpong-early-max")
+# j's max runs while P̄_{j-1}·V_{j-1} is in flight), "pingpong-speculative"
+# (and the exps start from the plain max while the fix decides; see _speculative)
+SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative")
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -48,6 +49,8 @@ SCHEDULES = ("free", "pingpong", "pingpong-early-max")
 _softmax = gluon.jit(_fa2_softmax.fn)
 _row_max = gluon.jit(_fa2_row_max.fn)
 _exp = gluon.jit(_fa2_exp.fn)
+_p = gluon.jit(_fa2_p.fn)
+_l = gluon.jit(_fa2_l.fn)
 
 
 @gluon.jit
@@ -91,7 +94,8 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
-def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.constexpr):
+def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.constexpr,
+                      SPECULATE: gl.constexpr):
     """Consumer warpgroup c as _consume, reordered FlashAttention-3 style so that
     one warpgroup's softmax runs while the other's wgmmas do: at step j it waits
     its turn, issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ together, hands the turn to the
@@ -137,6 +141,15 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
             acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
             mbarrier.arrive(theirs, count=1)
             qk = warpgroup_mma_wait(1, deps=(qk,))
+            if SPECULATE:
+                # the exps start from m0 = max(m_old, plain block max) before the
+                # fix's second-largest fold, and are redone for the whole
+                # warpgroup only where the fix moved some row's m_new off m0.
+                # The same fma and ex2 with the same m as _fa2_p, so the same
+                # bits (m0 and m_new equal but for the sign of a zero give the
+                # same P)
+                m0 = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
+                p = _p(qk, m0, qk_scale)
             qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
             acc = warpgroup_mma_wait(0, deps=(acc,))
         else:
@@ -146,7 +159,12 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
             acc, qk = warpgroup_mma_wait(0, deps=(acc, qk))
             qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
         mbarrier.arrive(empty.index(sp), count=1)
-        p, l_i, alpha = _exp(qk, m_i, m_new, l_i, qk_scale)
+        if SPECULATE:
+            if gl.max((m_new != m0).to(gl.int32), 0) != 0:
+                p = _p(qk, m_new, qk_scale)
+            l_i, alpha = _l(p, m_i, m_new, l_i)
+        else:
+            p, l_i, alpha = _exp(qk, m_i, m_new, l_i, qk_scale)
         m_i = m_new
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
@@ -168,7 +186,7 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
 @gluon.jit
 def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     if SCHEDULE > 0:
-        _consume_pingpong(args, 0, FIX, SCHEDULE == 2)
+        _consume_pingpong(args, 0, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
     else:
         _consume(args, 0, FIX)
 
@@ -176,7 +194,7 @@ def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
 @gluon.jit
 def _consume_hi(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     if SCHEDULE > 0:
-        _consume_pingpong(args, 1, FIX, SCHEDULE == 2)
+        _consume_pingpong(args, 1, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
     else:
         _consume(args, 1, FIX)
 
