@@ -7,9 +7,10 @@ wgmma of block j−1 is committed and then the whole softmax of block j (its
 E = 32 ex2 per thread, plus α's two) comes before the next wait in the PTX —
 without ptxas serialising every wgmma (performance notes C7514, C7515).
 
-gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment): no register spills,
-no wgmma serialisation, and one consumer loop per warpgroup role whose size
-differs between fix and no fix only by the fix's work.
+gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment, four schedules): no
+register spills, no wgmma serialisation, and one consumer loop per warpgroup role
+whose size differs between fix and no fix only by the fix's work (and, in the
+speculative schedule, the redone exps).
 """
 
 from __future__ import annotations
@@ -52,17 +53,35 @@ def test_pipelined_softmax_is_emitted_while_pv_is_in_flight(pipelined):
         assert sorted(groups) == [0, 0, 34, 34], r
 
 
+def _ws_consumer_loops(r):
+    """(instructions, ex2) of the two consumer loops (one per warpgroup role)."""
+    loops = [(n, e) for n, e in zip(r["loop_instructions"], r["loop_ex2"]) if 200 < n < 1000]
+    assert len(loops) == 2, r
+    return loops
+
+
 def test_ws_compiles_without_spills_or_serialisation(ws):
-    assert [r["fix"] for r in ws] == [False, True]
+    from gpu.probes.ws_fa2 import SCHEDULES
+
+    assert [(r["schedule"], r["fix"]) for r in ws] == [(s, f) for s in SCHEDULES for f in (False, True)]
     for r in ws:
         assert r["spill_bytes"] == 0, r
         assert not r["ptxas_serialised_wgmma"], r
 
 
 def test_ws_the_fix_adds_its_fold_to_both_consumer_loops(ws):
-    # the two consumer roles compile to one block loop each; the fix adds the
-    # top-2 fold (two ops for each of a thread's 32 scores) and its per-row tail
-    plain, fixed = (sorted(n for n in r["loop_instructions"] if 200 < n < 1000) for r in ws)
-    assert len(plain) == len(fixed) == 2, ws
-    for a, b in zip(plain, fixed):
-        assert 64 <= b - a <= 128, (plain, fixed)
+    # the fix adds the top-2 fold (two ops for each of a thread's 32 scores)
+    # and its per-row tail, and no ex2: 32 scores' ex2 plus α's two
+    for schedule in ("free", "pingpong", "pingpong-early-max"):
+        plain, fixed = (_ws_consumer_loops(r) for r in ws if r["schedule"] == schedule)
+        for (a, ea), (b, eb) in zip(sorted(plain), sorted(fixed)):
+            assert 64 <= b - a <= 128, (schedule, plain, fixed)
+            assert ea == eb == 34, (schedule, plain, fixed)
+
+
+def test_ws_speculative_schedule_holds_the_redo_of_the_exps(ws):
+    # without the fix it is pingpong-early-max; with it, each consumer loop also
+    # holds the redone exps (32 more ex2) behind the warpgroup-wide test
+    by = {(r["schedule"], r["fix"]): _ws_consumer_loops(r) for r in ws}
+    assert by[("pingpong-speculative", False)] == by[("pingpong-early-max", False)]
+    assert [e for _, e in by[("pingpong-speculative", True)]] == [34 + 32, 34 + 32]

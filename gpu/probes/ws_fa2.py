@@ -36,12 +36,13 @@ from gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
 BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
 BLOCK_N = 64    # keys per block (the recipe's block_n)
 HEAD_DIM = 128
-NBUF = 3        # K/V ring depth
+NBUF = 3        # K/V ring depth; the pairs schedule holds four blocks at a turn
+NBUF_PAIRS = 6  # and prefetches the next two
 # how the two consumer warpgroups share the tensor cores: "free" (no ordering),
 # "pingpong" (FlashAttention-3's alternation), "pingpong-early-max" (and block
 # j's max runs while P̄_{j-1}·V_{j-1} is in flight), "pingpong-speculative"
 # (and the exps start from the plain max while the fix decides; see _speculative)
-SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative")
+SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs")
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -51,6 +52,20 @@ _row_max = gluon.jit(_fa2_row_max.fn)
 _exp = gluon.jit(_fa2_exp.fn)
 _p = gluon.jit(_fa2_p.fn)
 _l = gluon.jit(_fa2_l.fn)
+
+
+@gluon.jit
+def _store_rows(acc, m_i, l_i, O, M, L, row0, o_layout: gl.constexpr, s_layout: gl.constexpr):
+    """O = bf16(acc / l) (IEEE division, rne), m and l of 64 rows from row0."""
+    BM: gl.constexpr = acc.type.shape[0]
+    D: gl.constexpr = acc.type.shape[1]
+    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
+    rows_o = row0 + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
+    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
+    rows_s = row0 + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
+    gl.store(M + rows_s, m_i)
+    gl.store(L + rows_s, l_i)
 
 
 @gluon.jit
@@ -84,13 +99,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
         acc = warpgroup_mma(pb, v_bufs.index(s), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty.index(s), count=1)
-    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
-    rows_o = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
-    gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
-    rows_s = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
-    gl.store(M + rows_s, m_i)
-    gl.store(L + rows_s, l_i)
+    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
 
 
 @gluon.jit
@@ -174,18 +183,88 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     mbarrier.arrive(theirs, count=1)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     mbarrier.arrive(empty.index(sp), count=1)
-    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
-    rows_o = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
-    gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
-    rows_s = qrow0 + c * BM + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
-    gl.store(M + rows_s, m_i)
-    gl.store(L + rows_s, l_i)
+    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
+
+
+@gluon.jit
+def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
+    """Consumer warpgroup c in the pingpong order, two key blocks (a, b) per
+    turn: it issues P̄_a'·V_a' of the previous pair, Q·K_aᵀ and Q·K_bᵀ, waits
+    for the first (in-order completion), rescales acc by α_b', issues
+    P̄_b'·V_b', hands the turn over, then runs the softmax steps of a and b
+    back to back (the fold of b independent of a's exps).  Per row the
+    operations and their order are _consume's; only the issue times move."""
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+     qrow0, _krow0, n_blocks, qk_scale, eps2, beta, turn) = args
+    BM: gl.constexpr = 64
+    BN: gl.constexpr = k_desc.block_type.shape[0]
+    D: gl.constexpr = k_desc.block_type.shape[1]
+    NB: gl.constexpr = k_bufs.type.shape[0]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row: gl.constexpr = gl.SliceLayout(1, o_layout)
+    q = q_smem.slice(c * BM, BM, dim=0)
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
+    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
+    acc = gl.zeros([BM, D], gl.float32, o_layout)
+    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    mine = turn.index(c)
+    theirs = turn.index(1 - c)
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(mine, c ^ 1)
+    mbarrier.wait(ready.index(0), 0)
+    mbarrier.wait(ready.index(1), 0)
+    qa = warpgroup_mma(q, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    qb = warpgroup_mma(q, k_bufs.index(1).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    mbarrier.arrive(theirs, count=1)
+    qa, qb = warpgroup_mma_wait(0, deps=(qa, qb))
+    pa, m_i, l_i, alpha_a = _softmax(qa, m_i, l_i, qa, qk_scale, eps2, beta, FIX, False)
+    pb, m_i, l_i, alpha_b = _softmax(qb, m_i, l_i, qb, qk_scale, eps2, beta, FIX, False)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha_a, row), 1)
+    pa = gl.convert_layout(pa.to(gl.bfloat16), p_layout)
+    pb = gl.convert_layout(pb.to(gl.bfloat16), p_layout)
+    for t in range(1, n_blocks // 2):
+        ja = 2 * t
+        spa = (ja - 2) % NB
+        spb = (ja - 1) % NB
+        mbarrier.wait(mine, (t & 1) ^ c ^ 1)
+        mbarrier.wait(ready.index(ja % NB), (ja // NB) & 1)
+        mbarrier.wait(ready.index((ja + 1) % NB), ((ja + 1) // NB) & 1)
+        acc = warpgroup_mma(pa, v_bufs.index(spa), acc, is_async=True)
+        qa = warpgroup_mma(q, k_bufs.index(ja % NB).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        qb = warpgroup_mma(q, k_bufs.index((ja + 1) % NB).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        acc = warpgroup_mma_wait(2, deps=(acc,))
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha_b, row), 1)
+        acc = warpgroup_mma(pb, v_bufs.index(spb), acc, is_async=True)
+        mbarrier.arrive(theirs, count=1)
+        acc, qa, qb = warpgroup_mma_wait(0, deps=(acc, qa, qb))
+        mbarrier.arrive(empty.index(spa), count=1)
+        mbarrier.arrive(empty.index(spb), count=1)
+        pa, m_i, l_i, alpha_a = _softmax(qa, m_i, l_i, qa, qk_scale, eps2, beta, FIX, False)
+        pb, m_i, l_i, alpha_b = _softmax(qb, m_i, l_i, qb, qk_scale, eps2, beta, FIX, False)
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha_a, row), 1)
+        pa = gl.convert_layout(pa.to(gl.bfloat16), p_layout)
+        pb = gl.convert_layout(pb.to(gl.bfloat16), p_layout)
+    spa = (n_blocks - 2) % NB
+    spb = (n_blocks - 1) % NB
+    mbarrier.wait(mine, ((n_blocks // 2) & 1) ^ c ^ 1)
+    acc = warpgroup_mma(pa, v_bufs.index(spa), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha_b, row), 1)
+    acc = warpgroup_mma(pb, v_bufs.index(spb), acc, is_async=True)
+    mbarrier.arrive(theirs, count=1)
+    acc = warpgroup_mma_wait(0, deps=(acc,))
+    mbarrier.arrive(empty.index(spa), count=1)
+    mbarrier.arrive(empty.index(spb), count=1)
+    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
 
 
 @gluon.jit
 def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    if SCHEDULE > 0:
+    if SCHEDULE == 4:
+        _consume_pairs(args, 0, FIX)
+    elif SCHEDULE > 0:
         _consume_pingpong(args, 0, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
     else:
         _consume(args, 0, FIX)
@@ -193,7 +272,9 @@ def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
 
 @gluon.jit
 def _consume_hi(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    if SCHEDULE > 0:
+    if SCHEDULE == 4:
+        _consume_pairs(args, 1, FIX)
+    elif SCHEDULE > 0:
         _consume_pingpong(args, 1, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
     else:
         _consume(args, 1, FIX)
@@ -248,6 +329,10 @@ def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
                        [4, 1], [240, 24])
 
 
+def _ring_depth(schedule):
+    return NBUF_PAIRS if schedule == "pingpong-pairs" else NBUF
+
+
 def _descriptors(q, k, v):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -282,7 +367,7 @@ def ws_flash_attention(q, k, v, fix=None, schedule="free"):
     l = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     qd, kd, vd = _descriptors(q.contiguous(), k.contiguous(), v.contiguous())
     _ws_fa2_fwd[(N // BLOCK_M, B * H)](qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None,
-                                       NBUF_=NBUF, SCHEDULE=SCHEDULES.index(schedule), num_warps=4,
+                                       NBUF_=_ring_depth(schedule), SCHEDULE=SCHEDULES.index(schedule), num_warps=4,
                                        maxnreg=168)
     return out, m, l
 
@@ -300,7 +385,8 @@ def compile_for_sm90(fix, schedule="free"):
     sig.update(O="*bf16", M="*fp32", L="*fp32", N="i32", qk_scale="fp32", eps2="fp32", beta="fp32",
                FIX="constexpr", NBUF_="constexpr", SCHEDULE="constexpr")
     attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4, 5, 6)}  # O, M, L and N (a multiple of 128)
-    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": NBUF, "SCHEDULE": SCHEDULES.index(schedule)}, attrs=attrs)
+    src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": _ring_depth(schedule),
+                                                        "SCHEDULE": SCHEDULES.index(schedule)}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
 
 
@@ -379,9 +465,11 @@ def main(argv=None):
             for fix in (False, True):
                 k = compile_for_sm90(fix, schedule)
                 regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
-                loops = [n for n, _ in sass_loops(k.asm["cubin"])]
+                loops = sass_loops(k.asm["cubin"])
                 print(json.dumps({"schedule": schedule, "fix": fix, "registers": regs, "spill_bytes": spill,
-                                  "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": loops}),
+                                  "ptxas_serialised_wgmma": wgmma_serialised(msgs),
+                                  "loop_instructions": [n for n, _ in loops],
+                                  "loop_ex2": [ops["MUFU.EX2"] for _, ops in loops]}),
                       flush=True)
         return 0
     bits = check_bits()
