@@ -42,7 +42,8 @@ NBUF_PAIRS = 6  # and prefetches the next two
 # "pingpong" (FlashAttention-3's alternation), "pingpong-early-max" (and block
 # j's max runs while P̄_{j-1}·V_{j-1} is in flight), "pingpong-speculative"
 # (and the exps start from the plain max while the fix decides; see _speculative)
-SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs")
+SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs",
+             "pingpong3-early-max")
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -82,7 +83,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q = q_smem.slice(c * BM, BM, dim=0)
+    q = q_smem.index(c)
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BM, D], gl.float32, o_layout)
@@ -110,9 +111,11 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     its turn, issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ together, hands the turn to the
     other warpgroup, waits for both, then runs block j's softmax step and acc·α.
     Per row the operations and their order are _consume's (acc·α_j, then
-    acc += P̄_j·V_j, then acc·α_{j+1}, ...): only the issue times move."""
+    acc += P̄_j·V_j, then acc·α_{j+1}, ...): only the issue times move.
+    With three consumer warpgroups the turn passes 0 → 1 → 2 → 0, so each
+    softmax has two other warpgroups' wgmmas to hide under."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
-     qrow0, _krow0, n_blocks, qk_scale, eps2, beta, turn) = args
+     qrow0, krow0, n_blocks, qk_scale, eps2, beta, turn) = args
     BM: gl.constexpr = 64
     BN: gl.constexpr = k_desc.block_type.shape[0]
     D: gl.constexpr = k_desc.block_type.shape[1]
@@ -120,17 +123,20 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q = q_smem.slice(c * BM, BM, dim=0)
+    q = q_smem.index(c)
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BM, D], gl.float32, o_layout)
     zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    NT: gl.constexpr = turn.type.shape[0]
     mine = turn.index(c)
-    theirs = turn.index(1 - c)
+    theirs = turn.index((c + 1) % NT)
+    # warpgroup 0 goes first: at step j it waits for the j-th hand-over, the
+    # others for the (j+1)-th; at step 0 warpgroup 0 waits with the parity an
+    # mbarrier reports complete before any arrival
+    FIRST: gl.constexpr = 1 if c == 0 else 0
     mbarrier.wait(q_bar, 0)
-    # step 0: Q·K_0ᵀ only.  Warpgroup 0 goes first: its turn barrier is waited
-    # with the parity an mbarrier reports complete before any arrival
-    mbarrier.wait(mine, c ^ 1)
+    mbarrier.wait(mine, FIRST)
     mbarrier.wait(ready.index(0), 0)
     qk = warpgroup_mma(q, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     mbarrier.arrive(theirs, count=1)
@@ -141,7 +147,7 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     for j in range(1, n_blocks):
         s = j % NB
         sp = (j - 1) % NB
-        mbarrier.wait(mine, (j & 1) ^ c ^ 1)
+        mbarrier.wait(mine, (j & 1) ^ FIRST)
         mbarrier.wait(ready.index(s), (j // NB) & 1)
         if EARLY_MAX:
             # Q·K_jᵀ first: wgmma groups complete in order, so block j's max
@@ -178,12 +184,15 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
         pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
     sp = (n_blocks - 1) % NB
-    mbarrier.wait(mine, (n_blocks & 1) ^ c ^ 1)
+    mbarrier.wait(mine, (n_blocks & 1) ^ FIRST)
     acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
     mbarrier.arrive(theirs, count=1)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     mbarrier.arrive(empty.index(sp), count=1)
-    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
+    # a tile of three warpgroups may run past the head's last row (N is a
+    # multiple of 128, not of 192): those rows are computed, not stored
+    if qrow0 - krow0 + c * BM < n_blocks * BN:
+        _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
 
 
 @gluon.jit
@@ -204,7 +213,7 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     row: gl.constexpr = gl.SliceLayout(1, o_layout)
-    q = q_smem.slice(c * BM, BM, dim=0)
+    q = q_smem.index(c)
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BM, D], gl.float32, o_layout)
@@ -261,6 +270,11 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
+def _consume_third(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
+    _consume_pingpong(args, 2, FIX, True, False)
+
+
+@gluon.jit
 def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     if SCHEDULE == 4:
         _consume_pairs(args, 0, FIX)
@@ -288,8 +302,11 @@ def _load(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
      qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta, _turn) = args
     BN: gl.constexpr = k_desc.block_type.shape[0]
     NB: gl.constexpr = k_bufs.type.shape[0]
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [qrow0, 0], q_bar, q_smem)
+    QB: gl.constexpr = q_desc.block_type.shape[0]
+    NQ: gl.constexpr = q_smem.type.shape[0]
+    mbarrier.expect(q_bar, NQ * q_desc.block_type.nbytes)
+    for i in gl.static_range(NQ):   # one 64-row block per consumer warpgroup
+        tma.async_copy_global_to_shared(q_desc, [qrow0 + i * QB, 0], q_bar, q_smem.index(i))
     for j in range(n_blocks):
         s = j % NB
         # the ring starts empty: an mbarrier starts with phase 1 complete
@@ -301,15 +318,16 @@ def _load(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
 
 @gluon.jit
 def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
-                FIX: gl.constexpr, NBUF_: gl.constexpr, SCHEDULE: gl.constexpr):
-    BM: gl.constexpr = q_desc.block_type.shape[0]
+                FIX: gl.constexpr, NBUF_: gl.constexpr, SCHEDULE: gl.constexpr, NCONS: gl.constexpr,
+                CONS_REGS: gl.constexpr):
+    BM: gl.constexpr = q_desc.block_type.shape[0] * NCONS
     BN: gl.constexpr = k_desc.block_type.shape[0]
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
     qrow0 = bh * N + pid_m * BM
     krow0 = bh * N
     n_blocks = N // BN
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, q_desc.block_type.shape, q_desc.layout)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [NCONS] + q_desc.block_type.shape, q_desc.layout)
     k_bufs = gl.allocate_shared_memory(k_desc.dtype, [NBUF_] + k_desc.block_type.shape, k_desc.layout)
     v_bufs = gl.allocate_shared_memory(v_desc.dtype, [NBUF_] + v_desc.block_type.shape, v_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NBUF_, 1], mbarrier.MBarrierLayout())
@@ -317,28 +335,40 @@ def _ws_fa2_fwd(q_desc, k_desc, v_desc, O, M, L, N, qk_scale, eps2, beta,
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NBUF_):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)   # both consumer warpgroups release a block
+        mbarrier.init(empty.index(i), count=NCONS)   # every consumer warpgroup releases a block
     mbarrier.init(q_bar, count=1)
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(turn.index(i), count=1)   # pingpong: the other warpgroup hands the turn over
+    turn = gl.allocate_shared_memory(gl.int64, [NCONS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NCONS):
+        mbarrier.init(turn.index(i), count=1)   # pingpong: the previous warpgroup hands the turn over
     args = (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, O, M, L,
             qrow0, krow0, n_blocks, qk_scale, eps2, beta, turn)
-    gl.warp_specialize([(_consume_lo, (args, FIX, SCHEDULE)), (_consume_hi, (args, FIX, SCHEDULE)),
-                        (_load, (args, FIX, SCHEDULE))],
-                       [4, 1], [240, 24])
+    if NCONS == 3:
+        gl.warp_specialize([(_consume_lo, (args, FIX, SCHEDULE)), (_consume_hi, (args, FIX, SCHEDULE)),
+                            (_consume_third, (args, FIX, SCHEDULE)), (_load, (args, FIX, SCHEDULE))],
+                           [4, 4, 1], [CONS_REGS, CONS_REGS, 24])
+    else:
+        gl.warp_specialize([(_consume_lo, (args, FIX, SCHEDULE)), (_consume_hi, (args, FIX, SCHEDULE)),
+                            (_load, (args, FIX, SCHEDULE))],
+                           [4, 1], [CONS_REGS, 24])
 
 
 def _ring_depth(schedule):
     return NBUF_PAIRS if schedule == "pingpong-pairs" else NBUF
 
 
+def _launch_shape(schedule):
+    """(consumer warpgroups, their registers per thread, the kernel's maxnreg):
+    one warp loads, so 12 consumer warps fit the register file at 152."""
+    return (3, 152, 152) if schedule.startswith("pingpong3") else (2, 240, 168)
+
+
 def _descriptors(q, k, v):
+    """TMA descriptors of Q (64-row blocks: one per consumer warpgroup), K and V."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     B, H, N, D = q.shape
     out = []
-    for t, rows in ((q, BLOCK_M), (k, BLOCK_N), (v, BLOCK_N)):
+    for t, rows in ((q, 64), (k, BLOCK_N), (v, BLOCK_N)):
         t2 = t.reshape(B * H * N, D)
         layout = gl.NVMMASharedLayout.get_default_for([rows, D], gl.bfloat16)
         out.append(TensorDescriptor(t2, [B * H * N, D], [D, 1], [rows, D], layout))
@@ -365,10 +395,11 @@ def ws_flash_attention(q, k, v, fix=None, schedule="free"):
     out = torch.empty_like(q)
     m = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     l = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    ncons, regs, maxnreg = _launch_shape(schedule)
     qd, kd, vd = _descriptors(q.contiguous(), k.contiguous(), v.contiguous())
-    _ws_fa2_fwd[(N // BLOCK_M, B * H)](qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None,
-                                       NBUF_=_ring_depth(schedule), SCHEDULE=SCHEDULES.index(schedule), num_warps=4,
-                                       maxnreg=168)
+    _ws_fa2_fwd[(triton.cdiv(N, 64 * ncons), B * H)](
+        qd, kd, vd, out, m, l, N, qk_scale, eps2, beta, FIX=fx is not None, NBUF_=_ring_depth(schedule),
+        SCHEDULE=SCHEDULES.index(schedule), NCONS=ncons, CONS_REGS=regs, num_warps=4, maxnreg=maxnreg)
     return out, m, l
 
 
@@ -379,15 +410,17 @@ def compile_for_sm90(fix, schedule="free"):
     from triton.backends.compiler import BaseBackend, GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    q = torch.zeros(1, 1, BLOCK_M, HEAD_DIM, dtype=torch.bfloat16)
+    ncons, regs, maxnreg = _launch_shape(schedule)
+    q = torch.zeros(1, 1, 192, HEAD_DIM, dtype=torch.bfloat16)
     sig = {name: native_specialize_impl(BaseBackend, d, False, True, True)[0]
            for name, d in zip(("q_desc", "k_desc", "v_desc"), _descriptors(q, q, q))}
     sig.update(O="*bf16", M="*fp32", L="*fp32", N="i32", qk_scale="fp32", eps2="fp32", beta="fp32",
-               FIX="constexpr", NBUF_="constexpr", SCHEDULE="constexpr")
+               FIX="constexpr", NBUF_="constexpr", SCHEDULE="constexpr", NCONS="constexpr", CONS_REGS="constexpr")
     attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4, 5, 6)}  # O, M, L and N (a multiple of 128)
     src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": _ring_depth(schedule),
-                                                        "SCHEDULE": SCHEDULES.index(schedule)}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=168))
+                                                        "SCHEDULE": SCHEDULES.index(schedule), "NCONS": ncons,
+                                                        "CONS_REGS": regs}, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=maxnreg))
 
 
 def _bits_equal(a, b):
