@@ -492,7 +492,20 @@ def main(argv=None):
     ap.add_argument("--json", help="write the numbers here")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ptx", action="store_true", help="only compile for sm_90 here: registers, spills, loop sizes")
+    ap.add_argument("--once", metavar="SCHEDULE", choices=SCHEDULES,
+                    help="only launch that schedule twice on the benchmark shape (for a profiler: "
+                         "gpu/probes/profile_ws_fa2.sh)")
+    ap.add_argument("--fix", action="store_true", help="with --once: the paper fix")
     args = ap.parse_args(argv)
+    if args.once:
+        import torch
+
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(8, 16, 4096, HEAD_DIM, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        for _ in range(2):
+            ws_flash_attention(q, k, v, fix="paper" if args.fix else None, schedule=args.once)
+        torch.cuda.synchronize()
+        return 0
     if args.ptx:
         from gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
 

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Nsight Compute's view of the warp-specialised probe kernel (gpu/probes/ws_fa2.py)
+# without and with the paper fix: pipe utilisation, issue and warp stall reasons.
+# On the GPU machine, from the repository root:
+#     OUT=dir bash gpu/probes/profile_ws_fa2.sh [SCHEDULE ...]
+# Clocks are left as found (--clock-control none); the second of two launches
+# on the benchmark shape (B=8, H=16, N=4096, D=128) is profiled.
+set -euo pipefail
+OUT=${OUT:?set OUT to a directory}
+mkdir -p "$OUT"
+schedules=${*:-pingpong-early-max pingpong3-early-max}
+for sch in $schedules; do
+  for fix in "" "--fix"; do
+    name="ncu_${sch}${fix:+_fix}"
+    PYTHONPATH=. ncu --clock-control none --kernel-name regex:_ws_fa2_fwd --launch-skip 1 --launch-count 1 \
+      --section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats \
+      --section WarpStateStats --section SpeedOfLight \
+      --metrics smsp__inst_executed_pipe_alu.sum,smsp__inst_executed_pipe_fma.sum,smsp__inst_executed_pipe_xu.sum,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_xu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg \
+      python -m gpu.probes.ws_fa2 --once "$sch" $fix > "$OUT/$name.txt" 2>&1 || echo "ncu failed for $name (see $OUT/$name.txt)"
+    echo "== $name"; grep -E "pipe_|Issue Slots|Issued Warp|No Eligible|Stall|Warp Cycles Per Issued|Duration|SM Busy|Compute \(SM\)" "$OUT/$name.txt" | head -40
+  done
+done
