@@ -15,8 +15,10 @@ for sch in $schedules; do
     PYTHONPATH=. ncu --clock-control none --kernel-name regex:_ws_fa2_fwd --launch-skip 1 --launch-count 1 \
       --section ComputeWorkloadAnalysis --section InstructionStats --section SchedulerStats \
       --section WarpStateStats --section SpeedOfLight \
+      --section SourceCounters \
+      --metrics smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_sleeping_per_issue_active.ratio,smsp__average_warps_issue_stalled_membar_per_issue_active.ratio,smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio,smsp__average_warps_issue_stalled_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_misc_per_issue_active.ratio \
       --metrics smsp__inst_executed_pipe_alu.sum,smsp__inst_executed_pipe_fma.sum,smsp__inst_executed_pipe_xu.sum,sm__pipe_alu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_xu_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__cycles_elapsed.avg \
       python -m gpu.probes.ws_fa2 --once "$sch" $fix > "$OUT/$name.txt" 2>&1 || echo "ncu failed for $name (see $OUT/$name.txt)"
-    echo "== $name"; grep -E "pipe_|Issue Slots|Issued Warp|No Eligible|Stall|Warp Cycles Per Issued|Duration|SM Busy|Compute \(SM\)" "$OUT/$name.txt" | head -40
+    echo "== $name"; grep -E "pipe_|stalled|Issue Slots|Issued Warp|No Eligible|Stall|Warp Cycles Per Issued|Duration|SM Busy|Compute \(SM\)" "$OUT/$name.txt" | head -60
   done
 done
