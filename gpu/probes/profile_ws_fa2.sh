@@ -8,6 +8,8 @@
 set -euo pipefail
 OUT=${OUT:?set OUT to a directory}
 mkdir -p "$OUT"
+PYTHONPATH=. python -c "import json; from gpu.probes.provenance import provenance; print(json.dumps(provenance(), indent=1))" \
+  > "$OUT/provenance.json"
 schedules=${*:-pingpong-early-max pingpong3-early-max}
 for sch in $schedules; do
   for fix in "" "--fix"; do

@@ -1,18 +1,33 @@
-"""Experiment: the fa2 recipe as a warp-specialised Gluon kernel (two consumer
-warpgroups that run unsynchronised, one TMA loader warp), to measure whether
-the paper fix becomes cheap once the softmax of one warpgroup overlaps the
-tensor-core work of the other.
+"""Experiment: the fa2 recipe as a warp-specialised Gluon kernel (consumer
+warpgroups of 64 rows, one TMA loader warp), to measure whether the paper fix
+becomes cheap once the softmax of one warpgroup overlaps the tensor-core work of
+another.  SCHEDULES lists the ways the consumers share the tensor cores; the GPU
+run checks and times every one beside the production kernel:
+
+* free: two consumers, no ordering between them;
+* pingpong: FlashAttention-3's alternation (a turn barrier per warpgroup): a
+  warpgroup issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ on its turn, then hands it over;
+* pingpong-early-max: and block j's max (with the fix's decision) runs while
+  P̄_{j-1}·V_{j-1} is still in flight;
+* pingpong-speculative: and the exps start from the plain max, redone for the
+  warpgroup where the fix moved some row's m (ptxas still puts the fix's fold
+  before the exps: slower);
+* pingpong-pairs: two key blocks per turn, so the fold of block b can overlap
+  the exps of block a;
+* pingpong3-early-max: three consumers (192-row tiles) rotating the turn, so
+  each softmax has two other warpgroups' wgmmas to hide under.
 
     PYTHONPATH=. python -m gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
     PYTHONPATH=. python -m gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
+    OUT=dir bash gpu/probes/profile_ws_fa2.sh                     # Nsight Compute, on the GPU
 
 Scope: non-causal, Nq = Nk a multiple of 128, head dim 128, round to nearest,
 no dumps — the benchmark's case.  Every row runs the same operations in the
 same order as gpu.kernels._fa2_fwd's unmasked loop (the same wgmma shapes per
-warpgroup; the softmax step is gpu.kernels._fa2_softmax itself, compiled as
-Gluon, so the same reductions in the same layout and the same contractions), so
-the outputs must be bit-identical to the production kernel; the GPU run checks
-that on every element before it times anything.
+warpgroup; the softmax step is gpu.kernels' own, compiled as Gluon, so the same
+reductions in the same layout and the same contractions), so the outputs must be
+bit-identical to the production kernel; the GPU run checks that on every element
+of every schedule before it times anything.
 """
 
 from __future__ import annotations
@@ -33,15 +48,12 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
 
-BLOCK_M = 128   # rows per program: two consumer warpgroups of 64 rows
+BLOCK_M = 128   # N must be a multiple of this (two consumer warpgroups of 64 rows)
 BLOCK_N = 64    # keys per block (the recipe's block_n)
 HEAD_DIM = 128
 NBUF = 3        # K/V ring depth; the pairs schedule holds four blocks at a turn
 NBUF_PAIRS = 6  # and prefetches the next two
-# how the two consumer warpgroups share the tensor cores: "free" (no ordering),
-# "pingpong" (FlashAttention-3's alternation), "pingpong-early-max" (and block
-# j's max runs while P̄_{j-1}·V_{j-1} is in flight), "pingpong-speculative"
-# (and the exps start from the plain max while the fix decides; see _speculative)
+# how the consumer warpgroups share the tensor cores (the module docstring)
 SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs",
              "pingpong3-early-max")
 
