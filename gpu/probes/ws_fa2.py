@@ -434,7 +434,7 @@ def compile_for_sm90(fix, schedule="free"):
     src = GluonASTSource(_ws_fa2_fwd, sig, constexprs={"FIX": fix, "NBUF_": _ring_depth(schedule),
                                                         "SCHEDULE": SCHEDULES.index(schedule), "NCONS": ncons,
                                                         "CONS_REGS": regs}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, maxnreg=maxnreg))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": maxnreg})
 
 
 def _bits_equal(a, b):
