@@ -15,7 +15,10 @@ run checks and times every one beside the production kernel:
 * pingpong-pairs: two key blocks per turn, so the fold of block b can overlap
   the exps of block a;
 * pingpong3-early-max: three consumers (192-row tiles) rotating the turn, so
-  each softmax has two other warpgroups' wgmmas to hide under.
+  each softmax has two other warpgroups' wgmmas to hide under;
+* pingpong3-count: the same, with the fix's decision counted against the
+  threshold (one ALU op per score, ``set.ge``, plus two on the FMA pipe) instead
+  of the top-2 fold (two ALU ops per score): the same decision, the same bits.
 
     PYTHONPATH=. python -m gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
     PYTHONPATH=. python -m gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
@@ -55,7 +58,7 @@ NBUF = 3        # K/V ring depth; the pairs schedule holds four blocks at a turn
 NBUF_PAIRS = 6  # and prefetches the next two
 # how the consumer warpgroups share the tensor cores (the module docstring)
 SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs",
-             "pingpong3-early-max")
+             "pingpong3-early-max", "pingpong3-count")
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -65,6 +68,26 @@ _row_max = gluon.jit(_fa2_row_max.fn)
 _exp = gluon.jit(_fa2_exp.fn)
 _p = gluon.jit(_fa2_p.fn)
 _l = gluon.jit(_fa2_l.fn)
+
+
+@gluon.jit
+def _row_max_count(qk, m_i, qk_scale, eps2, beta):
+    """gpu.kernels._fa2_row_max (unmasked, with the fix) deciding n > 1 by counting
+    the scores with fl(s·c) >= thr, as the masked loop does: ``set.ge.f32.f32``
+    writes 1.0 or 0.0 (0.0 for NaN, as the compare is ordered) and the row sum
+    of those is exact.  The same decision as the top-2 fold, with one ALU
+    operation per score instead of two (the multiply and the add run on the FMA
+    pipe)."""
+    bm = gl.max(qk, 1) * qk_scale
+    thr = bm - eps2
+    z = qk * qk_scale
+    thr2 = gl.expand_dims(thr, 1) + gl.zeros_like(z)
+    hit = gl.inline_asm_elementwise("set.ge.f32.f32 $0, $1, $2;", "=f,f,f", [z, thr2],
+                                    dtype=gl.float32, is_pure=True, pack=1)
+    two = gl.sum(hit, 1) > 1.0
+    bm = gl.where(two & (bm > 0), bm * beta, bm)
+    bm = gl.where(two & (bm < 0), 0.0, bm)
+    return qk, gl.maximum(m_i, bm)
 
 
 @gluon.jit
@@ -117,7 +140,7 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
 
 @gluon.jit
 def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.constexpr,
-                      SPECULATE: gl.constexpr):
+                      SPECULATE: gl.constexpr, COUNT: gl.constexpr = False):
     """Consumer warpgroup c as _consume, reordered FlashAttention-3 style so that
     one warpgroup's softmax runs while the other's wgmmas do: at step j it waits
     its turn, issues P̄_{j-1}·V_{j-1} and Q·K_jᵀ together, hands the turn to the
@@ -177,7 +200,10 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
                 # same P)
                 m0 = gl.maximum(m_i, gl.max(qk, 1) * qk_scale)
                 p = _p(qk, m0, qk_scale)
-            qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
+            if COUNT and FIX:
+                qk, m_new = _row_max_count(qk, m_i, qk_scale, eps2, beta)
+            else:
+                qk, m_new = _row_max(qk, m_i, qk, qk_scale, eps2, beta, FIX, False)
             acc = warpgroup_mma_wait(0, deps=(acc,))
         else:
             acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
@@ -283,7 +309,7 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
 
 @gluon.jit
 def _consume_third(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    _consume_pingpong(args, 2, FIX, True, False)
+    _consume_pingpong(args, 2, FIX, True, False, SCHEDULE == 6)
 
 
 @gluon.jit
@@ -291,7 +317,7 @@ def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     if SCHEDULE == 4:
         _consume_pairs(args, 0, FIX)
     elif SCHEDULE > 0:
-        _consume_pingpong(args, 0, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
+        _consume_pingpong(args, 0, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX, SCHEDULE == 6)
     else:
         _consume(args, 0, FIX)
 
@@ -301,7 +327,7 @@ def _consume_hi(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     if SCHEDULE == 4:
         _consume_pairs(args, 1, FIX)
     elif SCHEDULE > 0:
-        _consume_pingpong(args, 1, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX)
+        _consume_pingpong(args, 1, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX, SCHEDULE == 6)
     else:
         _consume(args, 1, FIX)
 
