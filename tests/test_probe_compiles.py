@@ -7,7 +7,7 @@ wgmma of block j−1 is committed and then the whole softmax of block j (its
 E = 32 ex2 per thread, plus α's two) comes before the next wait in the PTX —
 without ptxas serialising every wgmma (performance notes C7514, C7515).
 
-gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment, six schedules): no
+gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment, seven variants): no
 register spills, no wgmma serialisation, and one consumer loop per warpgroup role
 whose size differs between fix and no fix only by the fix's work (and, in the
 speculative schedule, the redone exps).
@@ -71,11 +71,12 @@ def test_ws_compiles_without_spills_or_serialisation(ws):
 
 
 @pytest.mark.parametrize("schedule, blocks", [("free", 1), ("pingpong", 1), ("pingpong-early-max", 1),
-                                              ("pingpong-pairs", 2), ("pingpong3-early-max", 1)])
+                                              ("pingpong-pairs", 2), ("pingpong3-early-max", 1),
+                                              ("pingpong3-count", 1)])
 def test_ws_the_fix_adds_its_fold_to_every_consumer_loop(ws, schedule, blocks):
-    # per key block in the loop body, the fix adds the top-2 fold (two ops for
-    # each of a thread's 32 scores) and its per-row tail, and no ex2: 32
-    # scores' ex2 plus α's two
+    # per key block in the loop body, the fix adds its decision (the top-2 fold:
+    # two ops for each of a thread's 32 scores; the count: a multiply, a set and
+    # an add) and its per-row tail, and no ex2: 32 scores' ex2 plus α's two
     plain, fixed = (_ws_consumer_loops(r) for r in ws if r["schedule"] == schedule)
     for (a, ea), (b, eb) in zip(sorted(plain), sorted(fixed)):
         assert 64 * blocks <= b - a <= 128 * blocks, (plain, fixed)
