@@ -59,6 +59,9 @@ NBUF_PAIRS = 6  # and prefetches the next two
 # how the consumer warpgroups share the tensor cores (the module docstring)
 SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs",
              "pingpong3-early-max", "pingpong3-count")
+# the kernel's SCHEDULE is the index in SCHEDULES
+_FREE, _PINGPONG, _EARLY_MAX, _SPECULATIVE, _PAIRS, _THREE, _THREE_COUNT = (
+    gl.constexpr(i) for i in range(len(SCHEDULES)))
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -308,34 +311,36 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
 
 
 @gluon.jit
-def _consume_third(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    _consume_pingpong(args, 2, FIX, True, False, SCHEDULE == 6)
+def _consume_as(args, c: gl.constexpr, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
+    """Consumer warpgroup c under the schedule SCHEDULE (an index in SCHEDULES)."""
+    if SCHEDULE == _PAIRS:
+        _consume_pairs(args, c, FIX)
+    elif SCHEDULE == _FREE:
+        _consume(args, c, FIX)
+    else:
+        _consume_pingpong(args, c, FIX, SCHEDULE != _PINGPONG, SCHEDULE == _SPECULATIVE and FIX,
+                          SCHEDULE == _THREE_COUNT)
 
 
 @gluon.jit
 def _consume_lo(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    if SCHEDULE == 4:
-        _consume_pairs(args, 0, FIX)
-    elif SCHEDULE > 0:
-        _consume_pingpong(args, 0, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX, SCHEDULE == 6)
-    else:
-        _consume(args, 0, FIX)
+    _consume_as(args, 0, FIX, SCHEDULE)
 
 
 @gluon.jit
 def _consume_hi(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
-    if SCHEDULE == 4:
-        _consume_pairs(args, 1, FIX)
-    elif SCHEDULE > 0:
-        _consume_pingpong(args, 1, FIX, SCHEDULE >= 2, SCHEDULE == 3 and FIX, SCHEDULE == 6)
-    else:
-        _consume(args, 1, FIX)
+    _consume_as(args, 1, FIX, SCHEDULE)
+
+
+@gluon.jit
+def _consume_third(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
+    _consume_as(args, 2, FIX, SCHEDULE)
 
 
 @gluon.jit
 def _load(args, FIX: gl.constexpr, SCHEDULE: gl.constexpr):
     """The loader warp: Q once, then K and V of every key block into the ring, each
-    slot reused after both consumers released it."""
+    slot reused after every consumer released it."""
     (q_smem, k_bufs, v_bufs, ready, empty, q_bar, q_desc, k_desc, v_desc, _O, _M, _L,
      qrow0, krow0, n_blocks, _qk_scale, _eps2, _beta, _turn) = args
     BN: gl.constexpr = k_desc.block_type.shape[0]
@@ -423,6 +428,8 @@ def ws_flash_attention(q, k, v, fix=None, schedule="free"):
     import numpy as np
     import torch
 
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; the schedules are {', '.join(SCHEDULES)}")
     B, H, N, D = q.shape
     if D != HEAD_DIM or N % BLOCK_M or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"ws_fa2 covers (B, H, N, {HEAD_DIM}) with N a multiple of {BLOCK_M}; got {tuple(q.shape)}")
