@@ -60,8 +60,20 @@ NBUF_PAIRS = 6  # and prefetches the next two
 SCHEDULES = ("free", "pingpong", "pingpong-early-max", "pingpong-speculative", "pingpong-pairs",
              "pingpong3-early-max", "pingpong3-count")
 # the kernel's SCHEDULE is the index in SCHEDULES
-_FREE, _PINGPONG, _EARLY_MAX, _SPECULATIVE, _PAIRS, _THREE, _THREE_COUNT = (
-    gl.constexpr(i) for i in range(len(SCHEDULES)))
+_FREE, _PINGPONG, _SPECULATIVE, _PAIRS, _THREE_COUNT = (
+    gl.constexpr(SCHEDULES.index(n))
+    for n in ("free", "pingpong", "pingpong-speculative", "pingpong-pairs", "pingpong3-count"))
+
+_BN = gl.constexpr(BLOCK_N)      # for the jit functions
+_D = gl.constexpr(HEAD_DIM)
+# one consumer warpgroup's register layouts: scores (64 × BLOCK_N), the output
+# accumulator (64 × HEAD_DIM), P̄ as the A operand of P̄·V, and a row of acc
+_S_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, BLOCK_N, 16]))
+_O_LAYOUT = gl.constexpr(gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_DIM, 16]))
+_P_LAYOUT = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_O_LAYOUT, k_width=2))
+_O_ROW = gl.constexpr(gl.SliceLayout(1, _O_LAYOUT))
 
 
 # the production kernel's softmax step, compiled as Gluon (it uses only
@@ -94,15 +106,39 @@ def _row_max_count(qk, m_i, qk_scale, eps2, beta):
 
 
 @gluon.jit
-def _store_rows(acc, m_i, l_i, O, M, L, row0, o_layout: gl.constexpr, s_layout: gl.constexpr):
+def _consumer_start(q_smem, c: gl.constexpr):
+    """Consumer warpgroup c's Q tile and starting state: (q, m, l, acc, zero
+    scores), m = −inf, l = 0, acc = 0."""
+    BM: gl.constexpr = 64
+    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, _S_LAYOUT))
+    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, _S_LAYOUT))
+    acc = gl.zeros([BM, _D], gl.float32, _O_LAYOUT)
+    zero_s = gl.zeros([BM, _BN], gl.float32, _S_LAYOUT)
+    return q_smem.index(c), m_i, l_i, acc, zero_s
+
+
+@gluon.jit
+def _rescale(acc, alpha):
+    """acc·α, α one value per row (the scores' row layout moved to acc's)."""
+    return acc * gl.expand_dims(gl.convert_layout(alpha, _O_ROW), 1)
+
+
+@gluon.jit
+def _p_operand(p):
+    """P̄ = bf16(P) (round to nearest) as the A operand of the P̄·V wgmma."""
+    return gl.convert_layout(p.to(gl.bfloat16), _P_LAYOUT)
+
+
+@gluon.jit
+def _store_rows(acc, m_i, l_i, O, M, L, row0):
     """O = bf16(acc / l) (IEEE division, rne), m and l of 64 rows from row0."""
     BM: gl.constexpr = acc.type.shape[0]
     D: gl.constexpr = acc.type.shape[1]
-    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, gl.SliceLayout(1, o_layout)), 1))
-    rows_o = row0 + gl.arange(0, BM, gl.SliceLayout(1, o_layout))
-    cols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
+    o = gl.div_rn(acc, gl.expand_dims(gl.convert_layout(l_i, _O_ROW), 1))
+    rows_o = row0 + gl.arange(0, BM, _O_ROW)
+    cols = gl.arange(0, D, gl.SliceLayout(0, _O_LAYOUT))
     gl.store(O + gl.expand_dims(rows_o.to(gl.int64) * D, 1) + gl.expand_dims(cols, 0), o.to(gl.bfloat16))
-    rows_s = row0 + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
+    rows_s = row0 + gl.arange(0, BM, gl.SliceLayout(1, _S_LAYOUT))
     gl.store(M + rows_s, m_i)
     gl.store(L + rows_s, l_i)
 
@@ -112,20 +148,11 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
     """Consumer warpgroup c: rows c·64 .. c·64 + 63 of the program's 128-row tile,
     every key block in order (wait for it, S = Q·Kᵀ, softmax step, acc·α,
     acc += P̄·V, release it), then O, m and l stored."""
-    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, _k_desc, _v_desc, O, M, L,
      qrow0, _krow0, n_blocks, qk_scale, eps2, beta, _turn) = args
     BM: gl.constexpr = 64
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    D: gl.constexpr = k_desc.block_type.shape[1]
     NB: gl.constexpr = k_bufs.type.shape[0]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q = q_smem.index(c)
-    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BM, D], gl.float32, o_layout)
-    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    q, m_i, l_i, acc, zero_s = _consumer_start(q_smem, c)
     mbarrier.wait(q_bar, 0)
     for j in range(n_blocks):
         s = j % NB
@@ -133,12 +160,12 @@ def _consume(args, c: gl.constexpr, FIX: gl.constexpr):
         qk = warpgroup_mma(q, k_bufs.index(s).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         qk = warpgroup_mma_wait(0, deps=(qk,))
         p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        acc = _rescale(acc, alpha)
+        pb = _p_operand(p)
         acc = warpgroup_mma(pb, v_bufs.index(s), acc, is_async=True)
         acc = warpgroup_mma_wait(0, deps=(acc,))
         mbarrier.arrive(empty.index(s), count=1)
-    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
+    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM)
 
 
 @gluon.jit
@@ -152,20 +179,11 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     acc += P̄_j·V_j, then acc·α_{j+1}, ...): only the issue times move.
     With three consumer warpgroups the turn passes 0 → 1 → 2 → 0, so each
     softmax has two other warpgroups' wgmmas to hide under."""
-    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, _k_desc, _v_desc, O, M, L,
      qrow0, krow0, n_blocks, qk_scale, eps2, beta, turn) = args
     BM: gl.constexpr = 64
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    D: gl.constexpr = k_desc.block_type.shape[1]
     NB: gl.constexpr = k_bufs.type.shape[0]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    q = q_smem.index(c)
-    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BM, D], gl.float32, o_layout)
-    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    q, m_i, l_i, acc, zero_s = _consumer_start(q_smem, c)
     NT: gl.constexpr = turn.type.shape[0]
     mine = turn.index(c)
     theirs = turn.index((c + 1) % NT)
@@ -180,8 +198,8 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     mbarrier.arrive(theirs, count=1)
     qk = warpgroup_mma_wait(0, deps=(qk,))
     p, m_i, l_i, alpha = _softmax(qk, m_i, l_i, qk, qk_scale, eps2, beta, FIX, False)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-    pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+    acc = _rescale(acc, alpha)
+    pb = _p_operand(p)
     for j in range(1, n_blocks):
         s = j % NB
         sp = (j - 1) % NB
@@ -222,8 +240,8 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
         else:
             p, l_i, alpha = _exp(qk, m_i, m_new, l_i, qk_scale)
         m_i = m_new
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        pb = gl.convert_layout(p.to(gl.bfloat16), p_layout)
+        acc = _rescale(acc, alpha)
+        pb = _p_operand(p)
     sp = (n_blocks - 1) % NB
     mbarrier.wait(mine, (n_blocks & 1) ^ FIRST)
     acc = warpgroup_mma(pb, v_bufs.index(sp), acc, is_async=True)
@@ -232,8 +250,8 @@ def _consume_pingpong(args, c: gl.constexpr, FIX: gl.constexpr, EARLY_MAX: gl.co
     mbarrier.arrive(empty.index(sp), count=1)
     # a tile of three warpgroups may run past the head's last row (N is a
     # multiple of 128, not of 192): those rows are computed, not stored
-    if qrow0 - krow0 + c * BM < n_blocks * BN:
-        _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
+    if qrow0 - krow0 + c * BM < n_blocks * _BN:
+        _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM)
 
 
 @gluon.jit
@@ -244,25 +262,16 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
     P̄_b'·V_b', hands the turn over, then runs the softmax steps of a and b
     back to back (the fold of b independent of a's exps).  Per row the
     operations and their order are _consume's; only the issue times move."""
-    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, k_desc, _v_desc, O, M, L,
+    (q_smem, k_bufs, v_bufs, ready, empty, q_bar, _q_desc, _k_desc, _v_desc, O, M, L,
      qrow0, _krow0, n_blocks, qk_scale, eps2, beta, turn) = args
     BM: gl.constexpr = 64
-    BN: gl.constexpr = k_desc.block_type.shape[0]
-    D: gl.constexpr = k_desc.block_type.shape[1]
     NB: gl.constexpr = k_bufs.type.shape[0]
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BN, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    row: gl.constexpr = gl.SliceLayout(1, o_layout)
-    q = q_smem.index(c)
-    m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
-    l_i = gl.full([BM], 0.0, gl.float32, gl.SliceLayout(1, s_layout))
-    acc = gl.zeros([BM, D], gl.float32, o_layout)
-    zero_s = gl.zeros([BM, BN], gl.float32, s_layout)
+    q, m_i, l_i, acc, zero_s = _consumer_start(q_smem, c)
     mine = turn.index(c)
     theirs = turn.index(1 - c)
+    FIRST: gl.constexpr = 1 if c == 0 else 0   # as in _consume_pingpong
     mbarrier.wait(q_bar, 0)
-    mbarrier.wait(mine, c ^ 1)
+    mbarrier.wait(mine, FIRST)
     mbarrier.wait(ready.index(0), 0)
     mbarrier.wait(ready.index(1), 0)
     qa = warpgroup_mma(q, k_bufs.index(0).permute((1, 0)), zero_s, use_acc=False, is_async=True)
@@ -271,21 +280,21 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
     qa, qb = warpgroup_mma_wait(0, deps=(qa, qb))
     pa, m_i, l_i, alpha_a = _softmax(qa, m_i, l_i, qa, qk_scale, eps2, beta, FIX, False)
     pb, m_i, l_i, alpha_b = _softmax(qb, m_i, l_i, qb, qk_scale, eps2, beta, FIX, False)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha_a, row), 1)
-    pa = gl.convert_layout(pa.to(gl.bfloat16), p_layout)
-    pb = gl.convert_layout(pb.to(gl.bfloat16), p_layout)
+    acc = _rescale(acc, alpha_a)
+    pa = _p_operand(pa)
+    pb = _p_operand(pb)
     for t in range(1, n_blocks // 2):
         ja = 2 * t
         spa = (ja - 2) % NB
         spb = (ja - 1) % NB
-        mbarrier.wait(mine, (t & 1) ^ c ^ 1)
+        mbarrier.wait(mine, (t & 1) ^ FIRST)
         mbarrier.wait(ready.index(ja % NB), (ja // NB) & 1)
         mbarrier.wait(ready.index((ja + 1) % NB), ((ja + 1) // NB) & 1)
         acc = warpgroup_mma(pa, v_bufs.index(spa), acc, is_async=True)
         qa = warpgroup_mma(q, k_bufs.index(ja % NB).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         qb = warpgroup_mma(q, k_bufs.index((ja + 1) % NB).permute((1, 0)), zero_s, use_acc=False, is_async=True)
         acc = warpgroup_mma_wait(2, deps=(acc,))
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha_b, row), 1)
+        acc = _rescale(acc, alpha_b)
         acc = warpgroup_mma(pb, v_bufs.index(spb), acc, is_async=True)
         mbarrier.arrive(theirs, count=1)
         acc, qa, qb = warpgroup_mma_wait(0, deps=(acc, qa, qb))
@@ -293,21 +302,21 @@ def _consume_pairs(args, c: gl.constexpr, FIX: gl.constexpr):
         mbarrier.arrive(empty.index(spb), count=1)
         pa, m_i, l_i, alpha_a = _softmax(qa, m_i, l_i, qa, qk_scale, eps2, beta, FIX, False)
         pb, m_i, l_i, alpha_b = _softmax(qb, m_i, l_i, qb, qk_scale, eps2, beta, FIX, False)
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha_a, row), 1)
-        pa = gl.convert_layout(pa.to(gl.bfloat16), p_layout)
-        pb = gl.convert_layout(pb.to(gl.bfloat16), p_layout)
+        acc = _rescale(acc, alpha_a)
+        pa = _p_operand(pa)
+        pb = _p_operand(pb)
     spa = (n_blocks - 2) % NB
     spb = (n_blocks - 1) % NB
-    mbarrier.wait(mine, ((n_blocks // 2) & 1) ^ c ^ 1)
+    mbarrier.wait(mine, ((n_blocks // 2) & 1) ^ FIRST)
     acc = warpgroup_mma(pa, v_bufs.index(spa), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=(acc,))
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha_b, row), 1)
+    acc = _rescale(acc, alpha_b)
     acc = warpgroup_mma(pb, v_bufs.index(spb), acc, is_async=True)
     mbarrier.arrive(theirs, count=1)
     acc = warpgroup_mma_wait(0, deps=(acc,))
     mbarrier.arrive(empty.index(spa), count=1)
     mbarrier.arrive(empty.index(spb), count=1)
-    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM, o_layout, s_layout)
+    _store_rows(acc, m_i, l_i, O, M, L, qrow0 + c * BM)
 
 
 @gluon.jit
