@@ -57,6 +57,29 @@ def _top2_combine(a1, a2, b1, b2):
 
 
 @triton.jit
+def _top2_block_max(qk, qk_scale, eps2):
+    """(bm, two) of unmasked fp32 scores: bm = fl(max·c), the block max in the log2
+    domain, and two = the paper fix's n > 1, decided exactly from the second
+    largest score s2 (with multiplicity): n > 1 <=> fl(s2·c) >= thr, since fl(x·c)
+    is monotone in x and the largest always passes (thr = fl(max·c − ε') <=
+    fl(max·c)).  Two ops per score instead of a multiply, compare and count."""
+    # qk + NaN: the all-NaN second slot in qk's layout (folded to a constant),
+    # so that this step also compiles as Gluon (gpu/probes/ws_fa2.py)
+    q1, q2 = tl.reduce((qk, qk + float("nan")), 1, _top2_combine)
+    bm = q1 * qk_scale
+    thr = bm - eps2
+    return bm, (q2 * qk_scale) >= thr
+
+
+@triton.jit
+def _paper_fix_shift(bm, two, beta):
+    """The paper fix's new block max (log2 domain) where ``two`` (n > 1): β·bm if
+    bm > 0, 0 if bm < 0, bm itself where bm == 0 or not two."""
+    bm = tl.where(two & (bm > 0), bm * beta, bm)
+    return tl.where(two & (bm < 0), 0.0, bm)
+
+
+@triton.jit
 def _fa2_row_max(qk, m_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
     """The max half of one key block's online-softmax step on the fp32 scores qk
     (masked to −inf where not ``valid`` if MASKED): the block max (with the paper
@@ -71,18 +94,8 @@ def _fa2_row_max(qk, m_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED
             n = tl.sum((valid & ((qk * qk_scale) >= thr[:, None])).to(tl.int32), 1)
             two = n > 1
         else:
-            # n > 1  <=>  the second largest score s2 (with multiplicity) passes
-            # fl(s2·c) >= thr: fl(x·c) is monotone in x and the largest always
-            # passes (thr = fl(max·c − ε') <= fl(max·c)); two ops per score
-            # instead of a multiply, compare and count
-            # qk + NaN: the all-NaN second slot in qk's layout (folded to a constant),
-            # so that this step also compiles as Gluon (gpu/probes/ws_fa2.py)
-            q1, q2 = tl.reduce((qk, qk + float("nan")), 1, _top2_combine)
-            bm = q1 * qk_scale
-            thr = bm - eps2
-            two = (q2 * qk_scale) >= thr
-        bm = tl.where(two & (bm > 0), bm * beta, bm)
-        bm = tl.where(two & (bm < 0), 0.0, bm)
+            bm, two = _top2_block_max(qk, qk_scale, eps2)
+        bm = _paper_fix_shift(bm, two, beta)
     else:
         bm = tl.max(qk, 1) * qk_scale
     return qk, tl.maximum(m_i, bm)
@@ -95,10 +108,16 @@ def _fa2_p(qk, m_new, qk_scale):
 
 
 @triton.jit
+def _fa2_alpha(m_i, m_new):
+    """α = exp2(m_old − m_new) (``ex2.approx.ftz.f32``), the accumulator's rescale."""
+    return tl.math.exp2(m_i - m_new)
+
+
+@triton.jit
 def _fa2_l(p, m_i, m_new, l_i):
     """α = exp2(m_old − m_new) and l·α + rowsum(P) (an fma).  Returns (l_new, α)."""
     l_blk = tl.sum(p, 1)
-    alpha = tl.math.exp2(m_i - m_new)
+    alpha = _fa2_alpha(m_i, m_new)
     return l_i * alpha + l_blk, alpha
 
 
@@ -121,6 +140,14 @@ def _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX: tl.constexpr, M
 
 
 @triton.jit
+def _fa2_step(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """_fa2_softmax, then the accumulator's rescale acc·α (``mul.rn.f32``).
+    Returns (P, m_new, l_new, acc·α)."""
+    p, m_new, l_new, alpha = _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX, MASKED)
+    return p, m_new, l_new, acc * alpha[:, None]
+
+
+@triton.jit
 def _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR: tl.constexpr):
     """P̄ = bf16(P), round to nearest even or stochastic (Philox stream at the
     score's flat index)."""
@@ -134,8 +161,10 @@ def _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR: tl.constexpr):
 @triton.jit
 def _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
                 Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
-                FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
-    """Key blocks lo..hi-1 of one row tile.  MASKED=False is only called for blocks
+                FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr,
+                STEP: tl.constexpr = _fa2_step):
+    """Key blocks lo..hi-1 of one row tile, each through STEP (a function with
+    _fa2_step's arguments, results and bits).  MASKED=False is only called for blocks
     that every row of the tile sees whole (inside Nk, at or below the causal
     diagonal): there the mask is all true, so leaving it out changes no bit."""
     for jb in range(lo, hi):
@@ -151,8 +180,7 @@ def _fa2_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, of
             v = tl.load(v_ptrs)
         qk = tl.dot(q, kT)
         valid = key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
-        p, m_i, l_i, alpha = _fa2_softmax(qk, m_i, l_i, valid, qk_scale, eps2, beta, FIX, MASKED)
-        acc = acc * alpha[:, None]
+        p, m_i, l_i, acc = STEP(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX, MASKED)
         pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR)
         acc = tl.dot(pb, v, acc)
         if DUMP:
@@ -198,9 +226,10 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
              H, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, seed_o,
              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
              CAUSAL, FIX: tl.constexpr, P_SR: tl.constexpr, O_SR: tl.constexpr,
-             DUMP: tl.constexpr, BLOCKS: tl.constexpr = _fa2_blocks):
-    """``BLOCKS`` runs the key-block loop; only an experiment passes another one
-    (gpu/probes/pipelined_fa2.py), with the same arguments and arithmetic."""
+             DUMP: tl.constexpr, BLOCKS: tl.constexpr = _fa2_blocks, STEP: tl.constexpr = _fa2_step):
+    """``BLOCKS`` runs the key-block loop (gpu/probes/pipelined_fa2.py passes
+    another) and ``STEP`` each block's softmax step and rescale
+    (gpu/probes/speculative_fa2.py passes another); the same arguments, the same bits."""
     tl.static_assert(BLOCK_N % 16 == 0)
     tl.static_assert(HEAD_DIM % 16 == 0)
     pid_m, b, h, bh, offs_m, offs_d, row_ok, q = _row_tile(Q, sqb, sqh, sqm, sqd, H, Nq, HEAD_DIM, BLOCK_M)
@@ -222,10 +251,10 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     n_all = (hi + BLOCK_N - 1) // BLOCK_N
     acc, m_i, l_i = BLOCKS(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, 0, n_full, offs_m, offs_d,
                            row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
-                           P_SR, DUMP, False)
+                           P_SR, DUMP, False, STEP)
     acc, m_i, l_i = BLOCKS(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, n_full, n_all, offs_m, offs_d,
                            row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
-                           P_SR, DUMP, True)
+                           P_SR, DUMP, True, STEP)
     _finish_tile(acc, m_i, l_i, O, M, L, ACC, b, h, bh, offs_m, offs_d, row_ok, sob, soh, som, sod, Nq, seed_o,
                  HEAD_DIM, O_SR, DUMP)
 

@@ -59,8 +59,11 @@ def _wait_scale(acc, alpha):
 @triton.jit
 def _pipelined_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
             Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
-            FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
-    """gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax."""
+            FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr,
+            STEP: tl.constexpr = None):
+    """gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax
+    (_fa2_softmax, then the rescale fused with the wait: STEP, the production
+    step, is split here, so the kernel's STEP argument is not used)."""
     if hi > lo:
         offs_n = lo * BLOCK_N + tl.arange(0, BLOCK_N)
         key_ok = offs_n < Nk

@@ -1,0 +1,298 @@
+"""Experiment: the paper fix with the exps started before its decision, and redone
+per thread only where the decision moved a row's m.
+
+The fix decides each row's m_new from the block's two largest scores, and the
+exps need m_new: in gpu.kernels._fa2_softmax the decision sits between the
+block max and the exps, on the softmax's critical path.  Here, in the unmasked
+blocks with the fix:
+
+    bm, two = top-2 of the block          (as gpu.kernels._top2_block_max)
+    m0      = max(m_old, bm)              (the plain max: no fix)
+    P       = exp2(qk·c − m0)             (starts as soon as bm is known)
+    m_new   = max(m_old, shift(bm, two))  (the fix's decision, off the exps' path)
+    P       = exp2(qk·c − m_new) for this thread's elements if one of its
+              rows has m_new != m0        (a branch per thread: rare)
+
+so the top-2 fold can run beside the exps.  The redo is one inline-asm block
+per thread (pack = all of the thread's scores) whose branch skips it unless a
+row the thread holds moved; it repeats _fa2_p's ``fma.rn.f32`` and
+``ex2.approx.ftz.f32`` with m_new, so P has the production bits (m0 and m_new
+equal but for the sign of a zero give the same P).  Everything else is
+gpu.kernels' own code, so every output must be bit-identical to the production
+kernel; the GPU run checks that on every element before it times anything.
+
+    PYTHONPATH=. python -m gpu.probes.speculative_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m gpu.probes.speculative_fa2 --sass               # compile for sm_90 here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import triton
+import triton.language as tl
+
+from gpu.kernels import _fa2_alpha, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
+
+# The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
+# accumulator layout gives each thread two rows (r, r + 8) × 16 columns.  Its
+# register order is, per 8-column chunk, (r, c), (r, c + 1), (r + 8, c),
+# (r + 8, c + 1): the first four elements cover both of the thread's rows.
+_PACK_N = 32
+_ROW_REPS = (0, 1, 2, 3)   # elements whose row flags together cover the thread's rows
+
+
+def _redo_asm(n, reps):
+    """PTX for one thread's n scores.  Operands: $0..n-1 P out (tied to the P in,
+    $n..2n-1), qk $2n.., −m_new $3n.., c $4n.., moved-flag $5n.. (b32, nonzero
+    where the element's row moved)."""
+    q, nm, c, f = 2 * n, 3 * n, 4 * n, 5 * n
+    lines = ["{", ".reg .pred moved;", ".reg .b32 any;", f"mov.b32 any, ${f + reps[0]};"]
+    lines += [f"or.b32 any, any, ${f + i};" for i in reps[1:]]
+    # one vote per warp: the branch is uniform (no divergence), and in a warp
+    # that redoes, a thread whose rows did not move recomputes the same P
+    lines += ["wgmma.fence.sync.aligned;", "setp.ne.b32 moved, any, 0;", "vote.sync.any.pred moved, moved, 0xffffffff;",
+              "@!moved bra.uni REDO_DONE;"]
+    for i in range(n):
+        lines += [f"fma.rn.f32 ${i}, ${q + i}, ${c + i}, ${nm + i};", f"ex2.approx.ftz.f32 ${i}, ${i};"]
+    lines += ["REDO_DONE:", "}"]
+    return "\n".join(lines)
+
+
+_PACK = tl.constexpr(_PACK_N)
+_REDO_ASM = tl.constexpr(_redo_asm(_PACK_N, _ROW_REPS))
+_REDO_CONS = tl.constexpr(",".join(["=f"] * _PACK_N + [str(i) for i in range(_PACK_N)] + ["f"] * (3 * _PACK_N)
+                                   + ["r"] * _PACK_N))
+
+
+@triton.jit
+def _redo_where_moved(p, qk, m_new, m0, qk_scale):
+    """P, recomputed as _fa2_p(qk, m_new) in every thread that holds a row with
+    m_new != m0 (unordered: NaN counts as moved); elsewhere P unchanged."""
+    moved = (m_new != m0).to(tl.int32)
+    return tl.inline_asm_elementwise(
+        _REDO_ASM, _REDO_CONS,
+        [p, qk, tl.broadcast_to(-m_new[:, None], qk.shape), tl.full(qk.shape, qk_scale, tl.float32),
+         tl.broadcast_to(moved[:, None], qk.shape)],
+        dtype=tl.float32, is_pure=True, pack=_PACK)
+
+
+@triton.jit
+def _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale):
+    """α and acc·α first (they need m_new, not P), then the redo, then l: the
+    redo's branch is the last thing before l and the P̄ cast."""
+    alpha = _fa2_alpha(m_i, m_new)
+    acc = acc * alpha[:, None]
+    p = _redo_where_moved(p, qk, m_new, m0, qk_scale)
+    return p, m_new, l_i * alpha + tl.sum(p, 1), acc
+
+
+@triton.jit
+def _step_top2(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """gpu.kernels._fa2_step, the unmasked fix step reordered: the plain max from
+    the top-2 fold's first slot."""
+    if FIX and not MASKED:
+        bm, two = _top2_block_max(qk, qk_scale, eps2)
+        m0 = tl.maximum(m_i, bm)
+        p = _fa2_p(qk, m0, qk_scale)
+        m_new = tl.maximum(m_i, _paper_fix_shift(bm, two, beta))
+        p, m_new, l_new, acc = _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale)
+    else:
+        p, m_new, l_new, acc = _fa2_step(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX, MASKED)
+    return p, m_new, l_new, acc
+
+
+@triton.jit
+def _step_count(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
+    """As _step_top2, with the plain max by its own reduction and n > 1 decided by
+    counting the scores with fl(s·c) >= thr (``set.ge.f32.f32`` writes 1.0 or
+    0.0; the row sum is exact), as the masked loop does: neither the max nor the
+    exps wait for the count."""
+    if FIX and not MASKED:
+        bm = tl.max(qk, 1) * qk_scale
+        m0 = tl.maximum(m_i, bm)
+        p = _fa2_p(qk, m0, qk_scale)
+        thr = bm - eps2
+        hit = tl.inline_asm_elementwise("set.ge.f32.f32 $0, $1, $2;", "=f,f,f",
+                                        [qk * qk_scale, tl.broadcast_to(thr[:, None], qk.shape)],
+                                        dtype=tl.float32, is_pure=True, pack=1)
+        m_new = tl.maximum(m_i, _paper_fix_shift(bm, tl.sum(hit, 1) > 1.0, beta))
+        p, m_new, l_new, acc = _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale)
+    else:
+        p, m_new, l_new, acc = _fa2_step(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX, MASKED)
+    return p, m_new, l_new, acc
+
+
+STEPS = {"top2": _step_top2, "count": _step_count}
+
+
+class _use_step:
+    """Within the block, gpu.flash_attention's fa2 launches run STEPS[name] (the
+    kernel's STEP constexpr)."""
+
+    class _Launcher:
+        def __init__(self, kern, step):
+            self.kern, self.step = kern, step
+
+        def __getitem__(self, grid):
+            launch = self.kern[grid]
+            return lambda *args, **kw: launch(*args, STEP=self.step, **kw)
+
+    def __init__(self, name):
+        self.step = STEPS[name]
+
+    def __enter__(self):
+        from gpu import kernels
+
+        self._saved = kernels._fa2_fwd
+        kernels._fa2_fwd = self._Launcher(self._saved, self.step)
+
+    def __exit__(self, *exc):
+        from gpu import kernels
+
+        kernels._fa2_fwd = self._saved
+
+
+def compiler_report(D=128):
+    """The unmasked loop of the fix kernel, compiled for sm_90 here: registers,
+    spills, wgmma serialisation, and per key block the instruction count, the
+    number of MUFU.EX2 and FMNMX, and where the top-2 fold's FMNMX.NAN lie
+    relative to the first and last MUFU.EX2 (instruction indices in the loop)."""
+    from gpu.probes.resources import compile_kernel, ptxas_report, sass_loops, sass_text, wgmma_serialised
+
+    out = {}
+    for name, extra in [("production", None)] + [(n, {"STEP": f}) for n, f in STEPS.items()]:
+        k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=True, extra=extra)
+        regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
+        loops = sass_loops(k.asm["cubin"])
+        n, ops = loops[0]
+        out[name] = {"registers": regs, "spill_bytes": spill, "ptxas_serialised_wgmma": wgmma_serialised(msgs),
+                     "loop_instructions": n, "MUFU.EX2": ops["MUFU.EX2"], "FMNMX": ops["FMNMX"],
+                     "FMNMX.NAN": ops["FMNMX.NAN"], "BRA": ops["BRA"]}
+        out[name]["order"] = _fold_vs_exps(sass_text(k.asm["cubin"]))
+    return out
+
+
+def _fold_vs_exps(sass):
+    """In the first loop's SASS: (first EX2, last EX2, first FMNMX.NAN, last
+    FMNMX.NAN) as instruction indices."""
+    import re
+
+    ins = [ln for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S", ln)]
+    ex = [i for i, t in enumerate(ins) if "MUFU.EX2" in t]
+    nan = [i for i, t in enumerate(ins) if "FMNMX.NAN" in t]
+    return {"ex2": [ex[0], ex[len(ex) // 2 - 1]] if ex else None,
+            "fmnmx_nan": [nan[0], nan[len(nan) // 2 - 1]] if nan else None}
+
+
+def _bits_equal(a, b):
+    import torch
+
+    if a.dtype == torch.bfloat16:
+        return bool(torch.equal(a.view(torch.int16), b.view(torch.int16)))
+    return bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
+
+
+def check_bits(rows):
+    """Every element of out, m, l (and the dumps) of every STEPS variant equal to
+    the production kernel's, with the fix (without it the variants are
+    gpu.kernels._fa2_step itself): random data, tied data (the fix fires in most
+    rows) and near ties (in a few), causal and not, rne without dumps and sr
+    with them."""
+    import torch
+
+    from gpu import flash_attention
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    shapes = [(2, 3, 1000, 1000, 128), (1, 2, 77, 300, 64), (2, 2, 4096, 4096, 128), (1, 1, 1, 65, 128)]
+    n_cases = n_el = n_bad = 0
+    for B, H, Nq, Nk, D in shapes:
+        for kind in ("random", "ties", "near-ties"):
+            q = torch.randn(B, H, Nq, D, device="cuda", generator=g).to(torch.bfloat16)
+            k = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
+            v = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
+            if kind == "ties":  # coarse, repeated keys: tied maxima in most rows
+                k = (k * 2).round().to(torch.bfloat16)
+                k[:, :, 1::2] = k[:, :, 0::2][:, :, : k[:, :, 1::2].shape[2]]
+                q = (q * 2).round().to(torch.bfloat16)
+            elif kind == "near-ties":  # a few keys repeated: the fix fires in some rows only
+                k[:, :, 5::97] = k[:, :, 3::97][:, :, : k[:, :, 5::97].shape[2]]
+            for causal in (False, True):
+                for rounding, seed, dump in (("rne", None, False), ("sr", 7, True)):
+                    kw = dict(causal=causal, fix="paper", rounding=rounding, seed=seed, dump=dump)
+                    ref = flash_attention(q, k, v, **kw)
+                    names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
+                    for step in STEPS:
+                        with _use_step(step):
+                            got = flash_attention(q, k, v, **kw)
+                        bad = [nm for nm in names if not _bits_equal(getattr(ref, nm), getattr(got, nm))]
+                        n_cases += 1
+                        n_el += sum(getattr(ref, nm).numel() for nm in names)
+                        if bad:
+                            n_bad += 1
+                            rows.append({"mismatch": [step, B, H, Nq, Nk, D, kind, kw, bad]})
+                            print("MISMATCH", step, B, H, Nq, Nk, D, kind, kw, bad, flush=True)
+    print(f"bits: {n_cases} launches, {n_el} elements, {n_bad} launches with a mismatching tensor", flush=True)
+    return {"launches": n_cases, "elements": n_el, "mismatching_launches": n_bad}
+
+
+def bench(reps=3):
+    """B=8, H=16, N=4096, D=128: production and speculative, causal and not, fix
+    and not, interleaved per rep; fix costs per rep against the same kernel."""
+    import torch
+
+    from gpu import flash_attention
+    from gpu.bench import time_forward
+
+    B, H, N, D = 8, 16, 4096, 128
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    out = []
+    for rep in range(reps):
+        for causal in (False, True):
+            for name in ("production",) + tuple(STEPS):
+                ms_nofix = None
+                for fix in (None, "paper"):
+                    def f(causal=causal, fix=fix, name=name):
+                        if name != "production":
+                            with _use_step(name):
+                                return flash_attention(q, k, v, causal=causal, fix=fix)
+                        return flash_attention(q, k, v, causal=causal, fix=fix)
+                    ms, tf = time_forward(f, B, H, N, D, causal)
+                    row = {"rep": rep, "kernel": name, "causal": causal, "fix": fix, "ms": ms, "tflops": tf}
+                    if fix is None:
+                        ms_nofix = ms
+                    else:
+                        row["fix_cost"] = ms / ms_nofix - 1
+                    out.append(row)
+                    cost = f"  fix cost {100 * row['fix_cost']:.1f}%" if fix else ""
+                    print(f"rep {rep} {name:<12} {'causal' if causal else 'full':<7} fix={fix!s:<6}"
+                          f"{ms:8.3f} ms {tf:7.1f} TFLOP/s{cost}", flush=True)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--sass", action="store_true", help="only compile for sm_90 here and print compiler_report")
+    args = ap.parse_args(argv)
+    if args.sass:
+        print(json.dumps(compiler_report(), indent=1), flush=True)
+        return 0
+    rows = []
+    bits = check_bits(rows)
+    perf = bench(args.reps)
+    if args.json:
+        from gpu.probes.provenance import provenance
+
+        with open(args.json, "w") as f:
+            json.dump({"provenance": provenance(), "bits_vs_production": bits, "mismatches": rows,
+                       "bench": perf}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
