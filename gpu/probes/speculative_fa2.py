@@ -160,7 +160,13 @@ def compiler_report(D=128):
     spills, wgmma serialisation, and per key block the instruction count, the
     number of MUFU.EX2 and FMNMX, and where the top-2 fold's FMNMX.NAN lie
     relative to the first and last MUFU.EX2 (instruction indices in the loop)."""
-    from gpu.probes.resources import compile_kernel, ptxas_report, sass_loops, sass_text, wgmma_serialised
+    from gpu.probes.resources import (
+        compile_kernel,
+        ptxas_report,
+        sass_loops,
+        sass_text,
+        wgmma_serialised,
+    )
 
     out = {}
     for name, extra in [("production", None)] + [(n, {"STEP": f}) for n, f in STEPS.items()]:
