@@ -121,6 +121,10 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if (flags["P_SR"] or flags["O_SR"]) and seed is None:
         raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)")
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not (math.isfinite(sc) and sc > 0):
+        # the kernels take the block max of the unscaled scores (max(s)·c is the
+        # max of s·c only for c > 0), and the emulator refuses the same values
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "

@@ -1,4 +1,4 @@
-"""The two kernel-schedule probes (negative results on the fix's cost, see
+"""The three kernel-schedule probes (negative results on the fix's cost, see
 docs/hardware.md "The attention kernels") compile for sm_90 on the CPU into what
 their GPU records measured.  Compiled in a child process (compiler_child).
 
@@ -11,6 +11,10 @@ gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment, seven variants): no
 register spills, no wgmma serialisation, and one consumer loop per warpgroup role
 whose size differs between fix and no fix only by the fix's work (and, in the
 speculative schedule, the redone exps).
+
+gpu/probes/speculative_fa2.py (exps before the fix's decision, a per-warp redo):
+no spills or serialisation, a redo test that sees both rows of its thread, and
+the compiler fact behind its GPU record (the rescale pushed past the branch).
 """
 
 from __future__ import annotations
@@ -89,3 +93,29 @@ def test_ws_speculative_schedule_holds_the_redo_of_the_exps(ws):
     by = {(r["schedule"], r["fix"]): _ws_consumer_loops(r) for r in ws}
     assert by[("pingpong-speculative", False)] == by[("pingpong-early-max", False)]
     assert [e for _, e in by[("pingpong-speculative", True)]] == [34 + 32, 34 + 32]
+
+
+@pytest.fixture(scope="module")
+def speculative():
+    return json_lines_of("gpu.probes.speculative_fa2", "--sass")
+
+
+def test_speculative_variants_compile_and_their_redo_sees_every_row(speculative):
+    # the redo tests the moved-flags of a few elements only; its bits are the
+    # production kernel's only if those elements cover both rows a thread holds
+    from gpu.probes.speculative_fa2 import STEPS
+
+    assert [r["kernel"] for r in speculative] == ["production", *STEPS]
+    for r in speculative:
+        assert r["spill_bytes"] == 0 and not r["ptxas_serialised_wgmma"], r
+    for r in speculative[1:]:
+        assert r["redo_test_covers_rows"], r
+        assert r["MUFU.EX2"] == 34 + 32, r   # the plain exps and α's two, and the redo's 32
+
+
+def test_speculative_branch_moves_the_rescale_out_from_under_the_exps(speculative):
+    # what the H200 record's slowdown comes down to: production issues acc·α
+    # between its exps; behind the redo's branch all 64 multiplies come after them
+    prod, *variants = speculative
+    assert prod["fmul_after_last_ex2"] == 0, prod
+    assert [r["fmul_after_last_ex2"] for r in variants] == [64] * len(variants), variants

@@ -21,8 +21,21 @@ equal but for the sign of a zero give the same P).  Everything else is
 gpu.kernels' own code, so every output must be bit-identical to the production
 kernel; the GPU run checks that on every element before it times anything.
 
+Two variants (STEPS): ``top2`` takes the plain max from the fold's first slot,
+``count`` takes it from its own max reduction and decides n > 1 by counting
+the scores at or above the threshold.
+
     PYTHONPATH=. python -m gpu.probes.speculative_fa2 [--json OUT.json]   # on the GPU
     PYTHONPATH=. python -m gpu.probes.speculative_fa2 --sass               # compile for sm_90 here
+
+A negative result.  On the H200 (benchmarks/results/h200_speculative_fa2.json)
+both variants are bit-identical to the production kernel (96 launches,
+132,075,120 elements) and slower with the fix: 374–384 TFLOP/s non-causal
+against production's 409–416, a fix cost of 23–26% against 14–15% in the same
+run.  ``--sass`` shows why without a GPU: the redo's branch ends the basic
+block, and ptxas moves the accumulator's 64 rescale multiplies, which the
+production kernel issues between its exps, past the branch's join, so they
+(and the P̄ casts and the row sum) run after the exps instead of under them.
 """
 
 from __future__ import annotations
@@ -52,7 +65,10 @@ def _redo_asm(n, reps):
     lines = ["{", ".reg .pred moved;", ".reg .b32 any;", f"mov.b32 any, ${f + reps[0]};"]
     lines += [f"or.b32 any, any, ${f + i};" for i in reps[1:]]
     # one vote per warp: the branch is uniform (no divergence), and in a warp
-    # that redoes, a thread whose rows did not move recomputes the same P
+    # that redoes, a thread whose rows did not move recomputes the same P.  The
+    # fence was an attempt to keep the accumulator's rescale ahead of the
+    # branch (ptxas moves it past the join regardless); it is in the kernel the
+    # GPU record measured
     lines += ["wgmma.fence.sync.aligned;", "setp.ne.b32 moved, any, 0;", "vote.sync.any.pred moved, moved, 0xffffffff;",
               "@!moved bra.uni REDO_DONE;"]
     for i in range(n):
@@ -156,10 +172,14 @@ class _use_step:
 
 
 def compiler_report(D=128):
-    """The unmasked loop of the fix kernel, compiled for sm_90 here: registers,
-    spills, wgmma serialisation, and per key block the instruction count, the
-    number of MUFU.EX2 and FMNMX, and where the top-2 fold's FMNMX.NAN lie
-    relative to the first and last MUFU.EX2 (instruction indices in the loop)."""
+    """The fix kernel, production and every STEPS variant, compiled for sm_90 here:
+    one dict each with registers, spills, wgmma serialisation, and in the first
+    key-block loop the instruction count, MUFU.EX2, FMNMX and FMNMX.NAN, and
+    how many FMUL (the accumulator's rescale) come after the last MUFU.EX2
+    before the P̄·V wgmma, i.e. after the redo's branch in the variants.  For the
+    variants also whether the redo's test covers every row its thread holds
+    (from the LLVM IR: the moved-flags of elements _ROW_REPS take every distinct
+    value among the thread's flags)."""
     from gpu.probes.resources import (
         compile_kernel,
         ptxas_report,
@@ -168,29 +188,46 @@ def compiler_report(D=128):
         wgmma_serialised,
     )
 
-    out = {}
+    out = []
     for name, extra in [("production", None)] + [(n, {"STEP": f}) for n, f in STEPS.items()]:
         k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=True, extra=extra)
         regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
-        loops = sass_loops(k.asm["cubin"])
-        n, ops = loops[0]
-        out[name] = {"registers": regs, "spill_bytes": spill, "ptxas_serialised_wgmma": wgmma_serialised(msgs),
-                     "loop_instructions": n, "MUFU.EX2": ops["MUFU.EX2"], "FMNMX": ops["FMNMX"],
-                     "FMNMX.NAN": ops["FMNMX.NAN"], "BRA": ops["BRA"]}
-        out[name]["order"] = _fold_vs_exps(sass_text(k.asm["cubin"]))
+        n, ops = sass_loops(k.asm["cubin"])[0]
+        row = {"kernel": name, "registers": regs, "spill_bytes": spill,
+               "ptxas_serialised_wgmma": wgmma_serialised(msgs), "loop_instructions": n,
+               "MUFU.EX2": ops["MUFU.EX2"], "FMNMX": ops["FMNMX"], "FMNMX.NAN": ops["FMNMX.NAN"],
+               "fmul_after_last_ex2": _fmul_after_last_ex2(sass_text(k.asm["cubin"]))}
+        if extra:
+            row["redo_test_covers_rows"] = _redo_test_covers_rows(k.asm["llir"])
+        out.append(row)
     return out
 
 
-def _fold_vs_exps(sass):
-    """In the first loop's SASS: (first EX2, last EX2, first FMNMX.NAN, last
-    FMNMX.NAN) as instruction indices."""
+def _fmul_after_last_ex2(sass):
+    """FMUL between the last MUFU.EX2 and the first P̄·V wgmma (HGMMA.64x128)
+    after the first key block's Q·Kᵀ wait."""
     import re
 
-    ins = [ln for ln in sass.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S", ln)]
-    ex = [i for i, t in enumerate(ins) if "MUFU.EX2" in t]
-    nan = [i for i, t in enumerate(ins) if "FMNMX.NAN" in t]
-    return {"ex2": [ex[0], ex[len(ex) // 2 - 1]] if ex else None,
-            "fmnmx_nan": [nan[0], nan[len(nan) // 2 - 1]] if nan else None}
+    ops = [re.sub(r"^\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?", "", ln).split()[0] for ln in sass.splitlines()
+           if re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+\S", ln)]
+    wait = next(i for i, o in enumerate(ops) if o.startswith("WARPGROUP.DEPBAR"))
+    pv = next(i for i in range(wait, len(ops)) if ops[i].startswith("HGMMA.64x128"))
+    last_ex2 = max(i for i in range(wait, pv) if ops[i] == "MUFU.EX2")
+    return sum(o == "FMUL" for o in ops[last_ex2:pv])
+
+
+def _redo_test_covers_rows(llir):
+    """Whether, in every redo asm call of the LLVM IR, the moved-flags (its i32
+    operands) at _ROW_REPS take every distinct value among the call's flags."""
+    import re
+
+    calls = [ln for ln in llir.splitlines() if "REDO_DONE" in ln]
+    ok = bool(calls)
+    for ln in calls:
+        args = ln[ln.rindex('"(') + 2:]
+        flags = re.findall(r"\bi32 (%\w+|-?\d+)", args)
+        ok &= len(flags) == _PACK_N and {flags[i] for i in _ROW_REPS} == set(flags)
+    return ok
 
 
 def _bits_equal(a, b):
@@ -227,7 +264,7 @@ def check_bits(rows):
                 k[:, :, 5::97] = k[:, :, 3::97][:, :, : k[:, :, 5::97].shape[2]]
             for causal in (False, True):
                 for rounding, seed, dump in (("rne", None, False), ("sr", 7, True)):
-                    kw = dict(causal=causal, fix="paper", rounding=rounding, seed=seed, dump=dump)
+                    kw = {"causal": causal, "fix": "paper", "rounding": rounding, "seed": seed, "dump": dump}
                     ref = flash_attention(q, k, v, **kw)
                     names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
                     for step in STEPS:
@@ -286,7 +323,8 @@ def main(argv=None):
     ap.add_argument("--sass", action="store_true", help="only compile for sm_90 here and print compiler_report")
     args = ap.parse_args(argv)
     if args.sass:
-        print(json.dumps(compiler_report(), indent=1), flush=True)
+        for row in compiler_report():
+            print(json.dumps(row), flush=True)
         return 0
     rows = []
     bits = check_bits(rows)
