@@ -136,30 +136,38 @@ def cmd_crosscheck(args):
 
     if args.replay:
         if not os.path.exists(args.replay):
-            raise SystemExit(f"no such record: {args.replay} (records live in tests/data/hw/)")
+            raise ValueError(f"no such record: {args.replay} (records live in tests/data/hw/)")
         res = replay_record(args.replay)
         for f in res["failures"][:10]:
             print("  MISMATCH", json.dumps(f))
         print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
         return 0 if res["mismatches"] == 0 else 1
+    from crosscheck.cases import KINDS
+    from crosscheck.sides import parse_tile
+
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown case kinds {bad}; accepted: {', '.join(KINDS)}")
+    try:
+        tiles = [parse_tile(t) for t in args.tiles.split(",")]
+    except ValueError as e:
+        raise ValueError(f"--tiles: {e}") from None
     if not _has_cuda():
         print("crosscheck: no CUDA GPU here (torch.cuda.is_available() is False), so the kernels cannot run.\n"
               "  To check the emulator against recorded GPU bits instead:\n"
               "    crosscheck --replay tests/data/hw/attention_golden.npz", file=sys.stderr)
         return 2
-    from crosscheck.cases import KINDS, suite
+    from crosscheck.cases import suite
     from crosscheck.runner import crosscheck_config
     from crosscheck.sides import Config
     from gpu.probes.provenance import provenance
 
-    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
-    bad = [k for k in kinds if k not in KINDS]
-    if bad:
-        raise SystemExit(f"unknown case kinds {bad}; accepted: {', '.join(KINDS)}")
     cases = suite(args.cases, seed=args.seed, kinds=kinds, dims=tuple(int(d) for d in args.dims.split(",")),
                   max_len=args.max_len)
-    configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed)
-               for r in args.recipes.split(",") for f in args.fixes.split(",") for rd in args.roundings.split(",")]
+    configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed, **t)
+               for r in args.recipes.split(",") for t in tiles for f in args.fixes.split(",")
+               for rd in args.roundings.split(",")]
     prov = provenance()
     report = {"provenance": prov, "configs": [], "cases_total": 0, "elements": 0, "mismatches": 0}
     entries = []
@@ -204,6 +212,9 @@ def _add_crosscheck_args(p):
     p.add_argument("--recipes", default="fa2,paper", help="comma-separated recipes (default fa2,paper)")
     p.add_argument("--fixes", default="none,paper", help="comma-separated fixes: none, paper (default both)")
     p.add_argument("--roundings", default="rne,sr", help="P̄/output cast roundings: rne, sr (default both)")
+    p.add_argument("--tiles", default="default",
+                   help="comma-separated kernel tiles BMxBNwW[sS] (block_m x block_n, warps, pipeline stages), "
+                        "e.g. default,64x64w4,128x128w8s2; 'default' is each recipe's own (default)")
     p.add_argument("--dims", default="64,128", help="head dims to cycle through (default 64,128)")
     p.add_argument("--max-len", type=int, default=260, help="longest sequence generated (default 260)")
     p.add_argument("--seed", type=int, default=0, help="case generator seed and Philox key (default 0)")
@@ -225,7 +236,7 @@ attention, same-sign low-rank V); adversarial (±inf inputs, huge logits,
 subnormal values, odd lengths, causal edges).  Output: match counts per
 configuration and tensor, the first mismatch located (tensor, index, stage,
 both bit patterns, ulps), JSON and Markdown with --out.  Exit status 0 when all
-bits agree, 1 on any mismatch, 2 without a GPU.
+bits agree, 1 on any mismatch, 2 without a GPU or on a bad argument.
 
 Without a GPU: crosscheck --replay tests/data/hw/attention_golden.npz
 """

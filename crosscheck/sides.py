@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -13,7 +14,10 @@ from emulator import to_bits
 @dataclass(frozen=True)
 class Config:
     """Which arithmetic: recipe, fix (None or 'paper' with eps/beta), rounding of the P̄ and
-    output casts, Philox seed."""
+    output casts, Philox seed; and which kernel tile (None: the recipe's).  block_m and
+    block_n reach both sides (block_n sets the online-softmax blocks, block_m the
+    causal rows' last block); num_warps and num_stages only the kernel, whose bits
+    must not depend on them."""
 
     recipe: str = "fa2"
     fix: str | None = None
@@ -21,20 +25,60 @@ class Config:
     seed: int = 0
     eps: float = 1e-3
     beta: float = 2.0
+    block_m: int | None = None
+    block_n: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+
+    @property
+    def tile(self) -> str | None:
+        """``BMxBNwWsS`` with the recipe's values filled in, or None if every tile
+        field is the default."""
+        if (self.block_m, self.block_n, self.num_warps, self.num_stages) == (None,) * 4:
+            return None
+        from emulator.attention.recipes import get_recipe
+
+        r = get_recipe(self.recipe)
+        return (f"{self.block_m or r.block_m}x{self.block_n or r.block_n}w{self.num_warps or r.num_warps}"
+                f"s{self.num_stages or 3}")
 
     @property
     def name(self) -> str:
         f = f"fix={self.fix}(eps={self.eps:g},beta={self.beta:g})" if self.fix else "nofix"
-        return f"{self.recipe}/{f}/{self.rounding}"
+        return f"{self.recipe}/{f}/{self.rounding}" + (f"/{self.tile}" if self.tile else "")
 
-    def kwargs(self) -> dict:
+    def kwargs(self, side: str = "emulator") -> dict:
+        """Keyword arguments of emulator.flash_attention (side="emulator") or
+        gpu.flash_attention (side="gpu")."""
         kw = {"recipe": self.recipe, "rounding": self.rounding, "seed": self.seed if self.rounding == "sr" else None}
         if self.fix:
             kw.update(fix=self.fix, eps=self.eps, beta=self.beta)
+        tiles = ("block_m", "block_n") + (("num_warps", "num_stages") if side == "gpu" else ())
+        kw.update({t: getattr(self, t) for t in tiles if getattr(self, t) is not None})
         return kw
 
     def to_dict(self):
         return asdict(self)
+
+
+_TILE = re.compile(r"(\d+)x(\d+)w(\d+)(?:s(\d+))?")
+
+
+def parse_tile(text: str) -> dict:
+    """``BMxBNwW`` or ``BMxBNwWsS`` (e.g. ``64x64w4``, ``128x64w8s2``) as Config's
+    tile fields; ``default`` is the recipe's own tile.  The kernel checks the
+    values themselves when it launches."""
+    if text == "default":
+        return {}
+    m = _TILE.fullmatch(text)
+    if not m:
+        raise ValueError(f"a tile is BMxBNwW or BMxBNwWsS (block_m x block_n, warps, stages), e.g. 64x64w4 "
+                         f"or 128x64w8s2, or 'default'; got {text!r}")
+    bm, bn, w, st = m.groups()
+    out = {"block_m": int(bm), "block_n": int(bn), "num_warps": int(w)}
+    if st is not None:
+        out["num_stages"] = int(st)
+    return out
 
 
 def _f32bits(x) -> np.ndarray:
@@ -56,7 +100,7 @@ def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
     t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]
-    r = gpu_flash_attention(*t, causal=causal, dump=dump, **cfg.kwargs())
+    r = gpu_flash_attention(*t, causal=causal, dump=dump, **cfg.kwargs("gpu"))
 
     def b32(x):
         return x.contiguous().view(torch.int32).cpu().numpy().view(np.uint32)

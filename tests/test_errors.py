@@ -1,4 +1,4 @@
-"""Clear errors from emulator.quantize: each names what was wrong and what is accepted."""
+"""Clear errors from emulator.quantize and the paper fix's parameters: each names what was wrong and what is accepted."""
 
 from __future__ import annotations
 
@@ -108,3 +108,16 @@ def test_seed_not_an_int(bad):
 def test_seed_out_of_64_bits(bad):
     with pytest.raises(ValueError, match="64 bits"):
         quantize(X, "bf16", "sr", seed=bad)
+
+
+@pytest.mark.parametrize("kw, says", [({"eps": -1e-3}, "eps must be finite and >= 0"),
+                                      ({"eps": float("inf")}, "eps must be finite and >= 0"),
+                                      ({"eps": float("nan")}, "eps must be finite and >= 0"),
+                                      ({"beta": 0.5}, "beta must be finite and >= 1"),
+                                      ({"beta": float("inf")}, "beta must be finite and >= 1")])
+def test_paper_fix_parameters_are_checked(kw, says):
+    from emulator.attention.recipes import get_fix
+
+    with pytest.raises(ValueError, match=says):
+        get_fix("paper", **kw)
+    assert get_fix("paper", eps=0.0, beta=1.0).beta == 1.0

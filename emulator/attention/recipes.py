@@ -13,6 +13,7 @@ rounding, to compensated accumulation, and measure again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 from ..formats import get_format
@@ -141,10 +142,11 @@ class Fix:
     def __post_init__(self):
         if self.name not in FIXES:
             raise ValueError(f"unknown fix {self.name!r}; accepted: None, {', '.join(FIXES)}")
-        if not self.eps >= 0:
-            raise ValueError(f"fix eps must be >= 0, got {self.eps}")
-        if not self.beta >= 1:
-            raise ValueError(f"fix beta must be >= 1 (β < 1 would put m below the row max), got {self.beta}")
+        if not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"fix eps must be finite and >= 0, got {self.eps}")
+        if not (self.beta >= 1 and math.isfinite(self.beta)):
+            raise ValueError(f"fix beta must be finite and >= 1 (β < 1 would put m below the row max; "
+                             f"β = inf makes every P̄ of a tied row 0), got {self.beta}")
         if not (0 < self.delta < 64):
             raise ValueError(f"fix delta must be in (0, 64) nats, got {self.delta}")
 
