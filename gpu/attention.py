@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import os
+import operator
 from dataclasses import dataclass
 
 from emulator.attention.api import stage_seed
 from emulator.attention.recipes import Recipe, get_fix, get_recipe
 
 SUPPORTED_HEAD_DIMS = (64, 128)
+# software pipelining depths the H200 crosscheck ran (gpu/probes/tile_checks.sh)
+CROSSCHECKED_STAGES = (2, 3, 4)
 
 
 @dataclass
@@ -79,8 +82,11 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
 
     q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and
     k lengths may differ.  Other arguments as :func:`emulator.flash_attention`;
-    ``num_stages`` (software pipelining depth) changes speed, never bits; 3 is the
-    fastest fa2 setting measured on the H200 (benchmarks/results/h200_attention_bench.json).
+    ``num_stages`` (software pipelining depth, 2 to 4) changes speed, never bits; 3 is
+    the fastest fa2 setting measured on the H200 (benchmarks/results/h200_attention_bench.json).
+    Every tile the kernels accept (block_m 64 or 128, block_n 32, 64 or 128,
+    num_warps 4 or 8, num_stages 2 to 4) is crosschecked against the emulator on the
+    H200 (tests/data/hw/crosscheck/tiles_*.md).
     """
     torch = _require_torch()
     import triton
@@ -103,8 +109,13 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head dim {D} is not supported by the kernels; supported: {SUPPORTED_HEAD_DIMS} "
                          "(the emulator takes any head dim up to 256)")
-    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 1 <= num_stages <= 8:
-        raise ValueError(f"num_stages must be an int from 1 to 8 (software pipelining depth; speed only), "
+    try:
+        stages = operator.index(num_stages)   # ints and numpy ints, not 3.0
+    except TypeError:
+        stages = None
+    if isinstance(num_stages, bool) or stages not in CROSSCHECKED_STAGES:
+        raise ValueError(f"num_stages must be one of {CROSSCHECKED_STAGES} (software pipelining depth: speed "
+                         f"only, and these are the depths crosschecked bit for bit on the H200), "
                          f"got {num_stages!r}")
     if Nq < 1 or Nk < 1:
         raise ValueError(f"sequence lengths must be >= 1, got {Nq}, {Nk}")
@@ -164,7 +175,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
                H, Nq, Nk, nblk, a0, a1, a2, seed_p, seed_o,
                HEAD_DIM=D, BLOCK_M=rec.block_m, BLOCK_N=rec.block_n, CAUSAL=int(bool(causal)),
                FIX=flags["FIX"], P_SR=flags["P_SR"], O_SR=flags["O_SR"], DUMP=bool(dump),
-               num_warps=rec.num_warps, num_stages=num_stages)
+               num_warps=rec.num_warps, num_stages=stages)
     if rec.name == "fa2":
         lse = m * math.log(2.0) + torch.log(l)
     else:

@@ -5,7 +5,11 @@
   launch and dump launch (m, l after every key block, the accumulator before the
   division); reports in ``tests/data/hw/crosscheck/``;
 * ``attention_bias_golden.npz`` — cells of the bias study (4096 × 64 × 64):
-  ``fa2`` and ``paper``, with and without the paper fix, production outputs.
+  ``fa2`` and ``paper``, with and without the paper fix, production outputs;
+* ``attention_tiles_golden.npz`` — one case of each crosscheck configuration
+  of gpu/probes/tile_checks.sh: every tile the kernels accept other than the
+  recipe's own, for both recipes, no fix with rne and the paper fix with sr,
+  both launches; reports in ``tests/data/hw/crosscheck/tiles_*``.
 
 Each entry is re-run by the emulator (crosscheck.record.replay_record) and
 compared as raw bits, NaN payloads aside (crosscheck/compare.py).  The GPU's
@@ -28,7 +32,8 @@ from crosscheck.record import load_record, replay_record
 HW = os.path.join(os.path.dirname(__file__), "data", "hw")
 GOLDEN = os.path.join(HW, "attention_golden.npz")
 BIAS = os.path.join(HW, "attention_bias_golden.npz")
-RECORDS = [GOLDEN, BIAS]
+TILES = os.path.join(HW, "attention_tiles_golden.npz")
+RECORDS = [GOLDEN, BIAS, TILES]
 
 
 @pytest.mark.parametrize("path", RECORDS, ids=os.path.basename)
@@ -64,6 +69,38 @@ def test_golden_record_covers_what_it_claims():
         # production and dump launches agree with each other on the GPU too
         for t in ("out", "m", "l"):
             np.testing.assert_array_equal(e["prod"][t], e["dump"][t])
+
+
+def test_tile_record_covers_every_tile_the_kernels_accept():
+    """With GOLDEN (the recipes' own tiles at 3 stages), every (block_m, block_n,
+    num_warps, num_stages) gpu.flash_attention accepts, for both recipes."""
+    from emulator.attention.recipes import get_recipe
+    from gpu.attention import CROSSCHECKED_STAGES
+
+    entries, _ = load_record(TILES)
+    got = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding, e["cfg"].tile) for e in entries}
+    want = set()
+    for r in ("fa2", "paper"):
+        rec = get_recipe(r)
+        own = f"{rec.block_m}x{rec.block_n}w{rec.num_warps}"
+        tiles = {f"{bm}x{bn}w{w}s3" for bm in (64, 128) for bn in (32, 64, 128) for w in (4, 8)}
+        tiles = (tiles - {own + "s3"}) | {f"{own}s{st}" for st in CROSSCHECKED_STAGES if st != 3}
+        want |= {(r, f, rd, t) for f, rd in ((None, "rne"), ("paper", "sr")) for t in tiles}
+    assert got == want, (sorted(got - want), sorted(want - got))
+    for e in entries:
+        assert e["prod"] is not None and e["dump"] is not None
+        for t in ("out", "m", "l"):
+            np.testing.assert_array_equal(e["prod"][t], e["dump"][t])
+
+
+def test_tile_reports_found_no_mismatch():
+    """The full tile crosscheck runs behind the record: 0 mismatching elements."""
+    import json
+
+    for name in ("fa2_nofix", "fa2_fix", "paper_nofix", "paper_fix"):
+        with open(os.path.join(HW, "crosscheck", f"tiles_{name}.json")) as f:
+            rep = json.load(f)
+        assert rep["mismatches"] == 0 and rep["cases_total"] >= 1000 and len(rep["configs"]) == 13, name
 
 
 def test_bias_record_covers_what_it_claims():

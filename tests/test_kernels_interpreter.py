@@ -223,8 +223,9 @@ def test_kernel_wrapper_refuses_what_it_cannot_do():
         gpu.flash_attention(q, k, v, recipe="paper", rounding="rz")
     with pytest.raises(TypeError, match="bfloat16"):
         gpu.flash_attention(q.float(), k, v)
-    with pytest.raises(ValueError, match="num_stages"):
-        gpu.flash_attention(q, k, v, num_stages=0)
+    for bad in (0, 1, 5, 3.0, True, "3"):
+        with pytest.raises(ValueError, match="num_stages must be one of"):
+            gpu.flash_attention(q, k, v, num_stages=bad)
     for bad in (0.0, -0.125, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="scale must be a positive finite number"):
             gpu.flash_attention(q, k, v, scale=bad)

@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python -m gpu.probes.install_records OUTDIR
     PYTHONPATH=. python -m gpu.probes.install_records --attention OUTDIR [OUTDIR...]
+    PYTHONPATH=. python -m gpu.probes.install_records --tiles OUTDIR [OUTDIR...]
 
 The first form takes ``gpu.probes.run_all``'s output: it copies the golden
 records into ``tests/data/hw/`` and turns the captured MUFU.EX2 tables into the
@@ -15,6 +16,10 @@ records are merged into ``tests/data/hw/attention_golden.npz`` (provenance: the
 first record's, with every record's under ``runs``); the bias step's files are
 copied as they are, and the bench step's ``bench.json`` becomes
 ``benchmarks/results/h200_attention_bench.json``.
+
+The third takes ``gpu/probes/tile_checks.sh``'s OUT folders in the same way:
+reports ``tests/data/hw/crosscheck/tiles_<step>.{md,json}``, records merged into
+``tests/data/hw/attention_tiles_golden.npz``.
 """
 
 from __future__ import annotations
@@ -62,7 +67,10 @@ def install(outdir: str) -> None:
         print(f"installed {os.path.relpath(DATA, ROOT)} ({os.path.getsize(DATA) / 2**20:.2f} MiB, F={F})")
 
 
-def install_attention(outdirs: list[str]) -> None:
+def install_attention(outdirs: list[str], record: str = "attention_golden.npz", prefix: str = "") -> None:
+    """Crosscheck reports as tests/data/hw/crosscheck/<prefix><step>.{md,json}, the
+    steps' records merged into tests/data/hw/<record>, and the bench and bias
+    steps' files where they belong."""
     from crosscheck.record import load_record, save_record
 
     hw = os.path.join(ROOT, "tests", "data", "hw")
@@ -74,13 +82,14 @@ def install_attention(outdirs: list[str]) -> None:
             d = os.path.join(outdir, step)
             if os.path.exists(os.path.join(d, "crosscheck.json")):
                 for ext in ("md", "json"):
-                    shutil.copy(os.path.join(d, f"crosscheck.{ext}"), os.path.join(reports, f"{step}.{ext}"))
+                    shutil.copy(os.path.join(d, f"crosscheck.{ext}"),
+                                os.path.join(reports, f"{prefix}{step}.{ext}"))
                 rec = os.path.join(d, "attention_golden.npz")
                 if os.path.exists(rec):
                     ents, prov = load_record(rec)
                     entries += ents
                     runs.append({"step": step, **prov})
-                print(f"installed tests/data/hw/crosscheck/{step}.md, .json")
+                print(f"installed tests/data/hw/crosscheck/{prefix}{step}.md, .json")
             if os.path.exists(os.path.join(d, "bench.json")):
                 shutil.copy(os.path.join(d, "bench.json"),
                             os.path.join(ROOT, "benchmarks", "results", "h200_attention_bench.json"))
@@ -91,13 +100,15 @@ def install_attention(outdirs: list[str]) -> None:
                     print(f"installed tests/data/hw/{name}")
     if entries:
         prov = {**{k: v for k, v in runs[0].items() if k != "step"}, "runs": runs}
-        save_record(os.path.join(hw, "attention_golden.npz"), entries, prov)
-        print(f"installed tests/data/hw/attention_golden.npz ({len(entries)} entries from {len(runs)} records)")
+        save_record(os.path.join(hw, record), entries, prov)
+        print(f"installed tests/data/hw/{record} ({len(entries)} entries from {len(runs)} records)")
 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--attention":
         install_attention(sys.argv[2:])
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--tiles":
+        install_attention(sys.argv[2:], record="attention_tiles_golden.npz", prefix="tiles_")
     elif len(sys.argv) == 2 and not sys.argv[1].startswith("-"):
         install(sys.argv[1])
     else:
