@@ -10,8 +10,8 @@ else is refused with a message saying what is supported.
 from __future__ import annotations
 
 import math
-import os
 import operator
+import os
 from dataclasses import dataclass
 
 from emulator.attention.api import stage_seed
