@@ -1,12 +1,13 @@
 """Forward-attention throughput on the GPU, every kernel measured in one run.
 
-    PYTHONPATH=. python -m gpu.bench [--quick]
+    PYTHONPATH=. python -m gpu.bench [--variants 128x64w8s3,...] [--roundings rne,sr] [--json OUT]
 
 B=8, H=16, N=4096, D=128, bf16, causal and not: the fa2 kernel (tile variants,
-without and with the paper fix) against FlexAttention (torch.compile, Triton
-generated) and torch's SDPA flash and cuDNN backends.  Medians of
-triton.testing.do_bench; FLOPs = 4·B·H·N²·D (half of that causal).  Prints a
-table and the ratios against FlexAttention measured in the same run.
+without and with the paper fix, its casts rounded rne or also sr) against
+FlexAttention (torch.compile, Triton generated) and torch's SDPA flash and cuDNN
+backends.  Medians of triton.testing.do_bench; FLOPs = 4·B·H·N²·D (half of that
+causal).  Prints a table and the ratios against FlexAttention measured in the
+same run.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=128)
     ap.add_argument("--variants", default="128x64w8s3,128x64w8s2,128x64w8s4,64x64w4s3",
                     help="fa2 tile variants BMxBNwWARPSsSTAGES")
+    ap.add_argument("--roundings", default="rne",
+                    help="comma-separated roundings of the P̄ and output casts for the fa2 rows: rne, sr "
+                         "(default rne; sr is the bias study's unbiased fa2 cell, docs/bias/bias.md)")
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
 
@@ -74,11 +78,13 @@ def main(argv=None):
             bmn, rest = var.split("w")
             bmv, bnv = (int(x) for x in bmn.split("x"))
             w, s = (int(x) for x in rest.split("s"))
-            for fix in (None, "paper"):
-                bench(f"fa2 {var}{' +fix' if fix else ''}",
-                      lambda bmv=bmv, bnv=bnv, w=w, s=s, fix=fix: flash_attention(
-                          q, k, v, causal=causal, fix=fix, block_m=bmv, block_n=bnv, num_warps=w, num_stages=s),
-                      causal)
+            for rd in args.roundings.split(","):
+                for fix in (None, "paper"):
+                    bench(f"fa2 {var}{' +fix' if fix else ''}{' sr' if rd == 'sr' else ''}",
+                          lambda bmv=bmv, bnv=bnv, w=w, s=s, fix=fix, rd=rd: flash_attention(
+                              q, k, v, causal=causal, fix=fix, block_m=bmv, block_n=bnv, num_warps=w,
+                              num_stages=s, rounding=rd, seed=1 if rd == "sr" else None),
+                          causal)
     print()
     for causal in (False, True):
         base = next((r for r in rows if r["kernel"].startswith("flex") and r["causal"] == causal and "ms" in r), None)

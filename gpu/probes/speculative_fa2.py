@@ -10,14 +10,15 @@ blocks with the fix:
     m0      = max(m_old, bm)              (the plain max: no fix)
     P       = exp2(qk·c − m0)             (starts as soon as bm is known)
     m_new   = max(m_old, shift(bm, two))  (the fix's decision, off the exps' path)
-    P       = exp2(qk·c − m_new) for this thread's elements if one of its
-              rows has m_new != m0        (a branch per thread: rare)
+    P       = exp2(qk·c − m_new) for the whole warp if one of its threads
+              holds a row with m_new != m0  (a warp vote and a uniform branch: rare)
 
 so the top-2 fold can run beside the exps.  The redo is one inline-asm block
 per thread (pack = all of the thread's scores) whose branch skips it unless a
-row the thread holds moved; it repeats _fa2_p's ``fma.rn.f32`` and
-``ex2.approx.ftz.f32`` with m_new, so P has the production bits (m0 and m_new
-equal but for the sign of a zero give the same P).  Everything else is
+row some thread of the warp holds moved; it repeats _fa2_p's ``fma.rn.f32``
+and ``ex2.approx.ftz.f32`` with m_new, so P has the production bits (in a row
+that did not move, m_new = m0 or the two differ only in the sign of a zero,
+which gives the same P).  Everything else is
 gpu.kernels' own code, so every output must be bit-identical to the production
 kernel; the GPU run checks that on every element before it times anything.
 
@@ -85,8 +86,10 @@ _REDO_CONS = tl.constexpr(",".join(["=f"] * _PACK_N + [str(i) for i in range(_PA
 
 @triton.jit
 def _redo_where_moved(p, qk, m_new, m0, qk_scale):
-    """P, recomputed as _fa2_p(qk, m_new) in every thread that holds a row with
-    m_new != m0 (unordered: NaN counts as moved); elsewhere P unchanged."""
+    """P, recomputed as _fa2_p(qk, m_new) in every warp in which some thread holds
+    a row with m_new != m0 (unordered: NaN counts as moved); elsewhere P
+    unchanged.  For the fa2 tile only (128 × 64, 8 warps: _PACK_N scores per
+    thread)."""
     moved = (m_new != m0).to(tl.int32)
     return tl.inline_asm_elementwise(
         _REDO_ASM, _REDO_CONS,
