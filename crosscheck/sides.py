@@ -39,8 +39,8 @@ class Config:
         from emulator.attention.recipes import get_recipe
 
         r = get_recipe(self.recipe)
-        return (f"{self.block_m or r.block_m}x{self.block_n or r.block_n}w{self.num_warps or r.num_warps}"
-                f"s{self.num_stages or 3}")
+        stages = self.num_stages or 3   # gpu.flash_attention's default
+        return f"{self.block_m or r.block_m}x{self.block_n or r.block_n}w{self.num_warps or r.num_warps}s{stages}"
 
     @property
     def name(self) -> str:
