@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from gpu.kernels import _fa2_softmax, _p_cast
+from gpu.probes.same_bits import bits_equal
 
 _PK_N = 8
 _PK = tl.constexpr(_PK_N)
@@ -179,14 +180,6 @@ def compiler_report(fix=False, D=128):
     }
 
 
-def _bits_equal(a, b):
-    import torch
-
-    if a.dtype == torch.bfloat16:
-        return bool(torch.equal(a.view(torch.int16), b.view(torch.int16)))
-    return bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
-
-
 def check_bits(rows):
     """Every element of out, m, l (and the dumps) equal to the production kernel's."""
     import torch
@@ -214,7 +207,7 @@ def check_bits(rows):
                             with _use_pipelined():
                                 got = flash_attention(q, k, v, **kw)
                             names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
-                            bad = [nm for nm in names if not _bits_equal(getattr(ref, nm), getattr(got, nm))]
+                            bad = [nm for nm in names if not bits_equal(getattr(ref, nm), getattr(got, nm))]
                             n_cases += 1
                             n_el += sum(getattr(ref, nm).numel() for nm in names)
                             if bad:

@@ -49,6 +49,7 @@ import triton
 import triton.language as tl
 
 from gpu.kernels import _fa2_alpha, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
+from gpu.probes.same_bits import bits_equal
 
 # The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
 # accumulator layout gives each thread two rows (r, r + 8) × 16 columns.  Its
@@ -233,14 +234,6 @@ def _redo_test_covers_rows(llir):
     return ok
 
 
-def _bits_equal(a, b):
-    import torch
-
-    if a.dtype == torch.bfloat16:
-        return bool(torch.equal(a.view(torch.int16), b.view(torch.int16)))
-    return bool(torch.equal(a.view(torch.int32), b.view(torch.int32)))
-
-
 def check_bits(rows):
     """Every element of out, m, l (and the dumps) of every STEPS variant equal to
     the production kernel's, with the fix (without it the variants are
@@ -273,7 +266,7 @@ def check_bits(rows):
                     for step in STEPS:
                         with _use_step(step):
                             got = flash_attention(q, k, v, **kw)
-                        bad = [nm for nm in names if not _bits_equal(getattr(ref, nm), getattr(got, nm))]
+                        bad = [nm for nm in names if not bits_equal(getattr(ref, nm), getattr(got, nm))]
                         n_cases += 1
                         n_el += sum(getattr(ref, nm).numel() for nm in names)
                         if bad:

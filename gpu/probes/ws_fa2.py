@@ -50,6 +50,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
+from gpu.probes.same_bits import bits_equal
 
 BLOCK_M = 128   # N must be a multiple of this (two consumer warpgroups of 64 rows)
 BLOCK_N = 64    # keys per block (the recipe's block_n)
@@ -479,13 +480,6 @@ def compile_for_sm90(fix, schedule="free"):
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "maxnreg": maxnreg})
 
 
-def _bits_equal(a, b):
-    import torch
-
-    view = torch.int16 if a.dtype == torch.bfloat16 else torch.int32
-    return bool(torch.equal(a.view(view), b.view(view)))
-
-
 def check_bits():
     """out, m, l equal to the production kernel's on every element."""
     import torch
@@ -507,7 +501,7 @@ def check_bits():
                 for schedule in SCHEDULES:
                     out, m, l = ws_flash_attention(q, k, v, fix=fix, schedule=schedule)
                     bad = [nm for nm, a, b in (("out", ref.out, out), ("m", ref.m, m), ("l", ref.l, l))
-                           if not _bits_equal(a, b)]
+                           if not bits_equal(a, b)]
                     res["launches"] += 1
                     res["elements"] += out.numel() + m.numel() + l.numel()
                     if bad:
