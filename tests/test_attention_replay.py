@@ -142,3 +142,13 @@ def test_cli_without_gpu_points_to_replay(capsys):
     assert crosscheck_main([]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "--replay" in err
+
+
+@pytest.mark.parametrize("args, says", [(["--tiles", "64x64"], "--tiles: a tile is BMxBNwW"),
+                                        (["--tiles", "default,128x64w8s"], "--tiles: a tile is BMxBNwW"),
+                                        (["--kinds", "random,nope"], "unknown case kinds ['nope']"),
+                                        (["--replay", "no/such/record.npz"], "no such record")])
+def test_cli_bad_arguments_exit_2_and_say_why(args, says, capsys):
+    # 1 means "bits mismatch": a bad argument must not look like one, GPU or not
+    assert crosscheck_main(args) == 2
+    assert says in capsys.readouterr().err
