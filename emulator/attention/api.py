@@ -310,7 +310,8 @@ def reference_attention(q, k, v, *, causal=False, scale=None):
         mask = np.arange(Nk)[None, :] > np.arange(Nq)[:, None]
         s = np.where(mask, -np.inf, s)
     m = s.max(axis=-1, keepdims=True)
-    p = np.exp(s - m)
+    with np.errstate(invalid="ignore"):   # inf − inf: a NaN row, as the NaN rule says
+        p = np.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
     if causal and not np.isfinite(v4).all():
         # masked keys take no part at all (0 · inf would be NaN): one query row at a time
