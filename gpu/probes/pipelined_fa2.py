@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from gpu.kernels import _fa2_softmax, _p_cast
-from gpu.probes.same_bits import bits_equal
+from gpu.probes.same_bits import Tally, probe_inputs, write_record
 
 _PK_N = 8
 _PK = tl.constexpr(_PK_N)
@@ -182,40 +182,20 @@ def compiler_report(fix=False, D=128):
 
 def check_bits(rows):
     """Every element of out, m, l (and the dumps) equal to the production kernel's."""
-    import torch
-
     from gpu import flash_attention
 
-    g = torch.Generator(device="cuda").manual_seed(1)
-    shapes = [(2, 3, 1000, 1000, 128), (1, 2, 77, 300, 64), (2, 2, 4096, 4096, 128), (1, 1, 1, 65, 128)]
-    n_cases = n_el = n_bad = 0
-    for B, H, Nq, Nk, D in shapes:
-        for kind in ("random", "ties"):
-            q = torch.randn(B, H, Nq, D, device="cuda", generator=g).to(torch.bfloat16)
-            k = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
-            v = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
-            if kind == "ties":  # coarse, repeated keys: tied maxima in most rows
-                k = (k * 2).round().to(torch.bfloat16)
-                k[:, :, 1::2] = k[:, :, 0::2][:, :, : k[:, :, 1::2].shape[2]]
-                q = (q * 2).round().to(torch.bfloat16)
-            for causal in (False, True):
-                for fix in (None, "paper"):
-                    for rounding, seed in (("rne", None), ("sr", 7)):
-                        for dump in (False, True):
-                            kw = dict(causal=causal, fix=fix, rounding=rounding, seed=seed, dump=dump)
-                            ref = flash_attention(q, k, v, **kw)
-                            with _use_pipelined():
-                                got = flash_attention(q, k, v, **kw)
-                            names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
-                            bad = [nm for nm in names if not bits_equal(getattr(ref, nm), getattr(got, nm))]
-                            n_cases += 1
-                            n_el += sum(getattr(ref, nm).numel() for nm in names)
-                            if bad:
-                                n_bad += 1
-                                rows.append({"mismatch": [B, H, Nq, Nk, D, kind, kw, bad]})
-                                print("MISMATCH", B, H, Nq, Nk, D, kind, kw, bad, flush=True)
-    print(f"bits: {n_cases} launches, {n_el} elements, {n_bad} launches with a mismatching tensor", flush=True)
-    return {"launches": n_cases, "elements": n_el, "mismatching_launches": n_bad}
+    tally = Tally(rows)
+    for B, H, Nq, Nk, D, kind, q, k, v in probe_inputs(("random", "ties")):
+        for causal in (False, True):
+            for fix in (None, "paper"):
+                for rounding, seed in (("rne", None), ("sr", 7)):
+                    for dump in (False, True):
+                        kw = dict(causal=causal, fix=fix, rounding=rounding, seed=seed, dump=dump)
+                        ref = flash_attention(q, k, v, **kw)
+                        with _use_pipelined():
+                            got = flash_attention(q, k, v, **kw)
+                        tally.compare(ref, got, dump, [B, H, Nq, Nk, D, kind, kw])
+    return tally.summary()
 
 
 def bench(reps=3):
@@ -258,11 +238,7 @@ def main(argv=None):
     bits = check_bits(rows)
     perf = bench(args.reps)
     if args.json:
-        from gpu.probes.provenance import provenance
-
-        with open(args.json, "w") as f:
-            json.dump({"provenance": provenance(), "bits_vs_production": bits, "mismatches": rows,
-                       "bench": perf}, f, indent=1)
+        write_record(args.json, bits, rows, perf)
     return 0
 
 

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from gpu.kernels import _fa2_alpha, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
-from gpu.probes.same_bits import bits_equal
+from gpu.probes.same_bits import Tally, probe_inputs, write_record
 
 # The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
 # accumulator layout gives each thread two rows (r, r + 8) × 16 columns.  Its
@@ -240,41 +240,19 @@ def check_bits(rows):
     gpu.kernels._fa2_step itself): random data, tied data (the fix fires in most
     rows) and near ties (in a few), causal and not, rne without dumps and sr
     with them."""
-    import torch
-
     from gpu import flash_attention
 
-    g = torch.Generator(device="cuda").manual_seed(1)
-    shapes = [(2, 3, 1000, 1000, 128), (1, 2, 77, 300, 64), (2, 2, 4096, 4096, 128), (1, 1, 1, 65, 128)]
-    n_cases = n_el = n_bad = 0
-    for B, H, Nq, Nk, D in shapes:
-        for kind in ("random", "ties", "near-ties"):
-            q = torch.randn(B, H, Nq, D, device="cuda", generator=g).to(torch.bfloat16)
-            k = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
-            v = torch.randn(B, H, Nk, D, device="cuda", generator=g).to(torch.bfloat16)
-            if kind == "ties":  # coarse, repeated keys: tied maxima in most rows
-                k = (k * 2).round().to(torch.bfloat16)
-                k[:, :, 1::2] = k[:, :, 0::2][:, :, : k[:, :, 1::2].shape[2]]
-                q = (q * 2).round().to(torch.bfloat16)
-            elif kind == "near-ties":  # a few keys repeated: the fix fires in some rows only
-                k[:, :, 5::97] = k[:, :, 3::97][:, :, : k[:, :, 5::97].shape[2]]
-            for causal in (False, True):
-                for rounding, seed, dump in (("rne", None, False), ("sr", 7, True)):
-                    kw = {"causal": causal, "fix": "paper", "rounding": rounding, "seed": seed, "dump": dump}
-                    ref = flash_attention(q, k, v, **kw)
-                    names = ["out", "m", "l"] + (["m_blocks", "l_blocks", "acc"] if dump else [])
-                    for step in STEPS:
-                        with _use_step(step):
-                            got = flash_attention(q, k, v, **kw)
-                        bad = [nm for nm in names if not bits_equal(getattr(ref, nm), getattr(got, nm))]
-                        n_cases += 1
-                        n_el += sum(getattr(ref, nm).numel() for nm in names)
-                        if bad:
-                            n_bad += 1
-                            rows.append({"mismatch": [step, B, H, Nq, Nk, D, kind, kw, bad]})
-                            print("MISMATCH", step, B, H, Nq, Nk, D, kind, kw, bad, flush=True)
-    print(f"bits: {n_cases} launches, {n_el} elements, {n_bad} launches with a mismatching tensor", flush=True)
-    return {"launches": n_cases, "elements": n_el, "mismatching_launches": n_bad}
+    tally = Tally(rows)
+    for B, H, Nq, Nk, D, kind, q, k, v in probe_inputs(("random", "ties", "near-ties")):
+        for causal in (False, True):
+            for rounding, seed, dump in (("rne", None, False), ("sr", 7, True)):
+                kw = {"causal": causal, "fix": "paper", "rounding": rounding, "seed": seed, "dump": dump}
+                ref = flash_attention(q, k, v, **kw)
+                for step in STEPS:
+                    with _use_step(step):
+                        got = flash_attention(q, k, v, **kw)
+                    tally.compare(ref, got, dump, [step, B, H, Nq, Nk, D, kind, kw])
+    return tally.summary()
 
 
 def bench(reps=3):
@@ -326,11 +304,7 @@ def main(argv=None):
     bits = check_bits(rows)
     perf = bench(args.reps)
     if args.json:
-        from gpu.probes.provenance import provenance
-
-        with open(args.json, "w") as f:
-            json.dump({"provenance": provenance(), "bits_vs_production": bits, "mismatches": rows,
-                       "bench": perf}, f, indent=1)
+        write_record(args.json, bits, rows, perf)
     return 0
 
 
