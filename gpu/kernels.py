@@ -114,11 +114,17 @@ def _fa2_alpha(m_i, m_new):
 
 
 @triton.jit
+def _fa2_l_update(l_i, alpha, l_blk):
+    """l·α + l_blk (an fma): the row sum after a block whose P sums to l_blk."""
+    return l_i * alpha + l_blk
+
+
+@triton.jit
 def _fa2_l(p, m_i, m_new, l_i):
     """α = exp2(m_old − m_new) and l·α + rowsum(P) (an fma).  Returns (l_new, α)."""
     l_blk = tl.sum(p, 1)
     alpha = _fa2_alpha(m_i, m_new)
-    return l_i * alpha + l_blk, alpha
+    return _fa2_l_update(l_i, alpha, l_blk), alpha
 
 
 @triton.jit

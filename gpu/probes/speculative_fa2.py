@@ -48,7 +48,7 @@ import sys
 import triton
 import triton.language as tl
 
-from gpu.kernels import _fa2_alpha, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
+from gpu.kernels import _fa2_alpha, _fa2_l_update, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
 from gpu.probes.same_bits import Tally, probe_inputs, write_record
 
 # The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
@@ -106,7 +106,7 @@ def _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale):
     alpha = _fa2_alpha(m_i, m_new)
     acc = acc * alpha[:, None]
     p = _redo_where_moved(p, qk, m_new, m0, qk_scale)
-    return p, m_new, l_i * alpha + tl.sum(p, 1), acc
+    return p, m_new, _fa2_l_update(l_i, alpha, tl.sum(p, 1)), acc
 
 
 @triton.jit
