@@ -37,9 +37,10 @@ class Config:
         if (self.block_m, self.block_n, self.num_warps, self.num_stages) == (None,) * 4:
             return None
         from emulator.attention.recipes import get_recipe
+        from gpu.attention import DEFAULT_STAGES
 
         r = get_recipe(self.recipe)
-        stages = self.num_stages or 3   # gpu.flash_attention's default
+        stages = self.num_stages or DEFAULT_STAGES
         return f"{self.block_m or r.block_m}x{self.block_n or r.block_n}w{self.num_warps or r.num_warps}s{stages}"
 
     @property
@@ -79,6 +80,26 @@ def parse_tile(text: str) -> dict:
     if st is not None:
         out["num_stages"] = int(st)
     return out
+
+
+def other_tiles(recipe: str) -> list[str]:
+    """Every tile the kernels accept other than the recipe's own at the default
+    depth, as ``BMxBNwWsS``: each block_m × block_n × num_warps at the default
+    depth, then the recipe's own tile at the other crosschecked depths
+    (gpu/probes/tile_checks.sh's list)."""
+    from emulator.attention.recipes import NUM_WARPS, get_recipe
+    from gpu.attention import (
+        CROSSCHECKED_STAGES,
+        DEFAULT_STAGES,
+        KERNEL_BLOCK_M,
+        KERNEL_BLOCK_N,
+    )
+
+    r = get_recipe(recipe)
+    own = f"{r.block_m}x{r.block_n}w{r.num_warps}"
+    tiles = [f"{bm}x{bn}w{w}s{DEFAULT_STAGES}" for bm in KERNEL_BLOCK_M for bn in KERNEL_BLOCK_N for w in NUM_WARPS]
+    tiles.remove(f"{own}s{DEFAULT_STAGES}")
+    return tiles + [f"{own}s{st}" for st in CROSSCHECKED_STAGES if st != DEFAULT_STAGES]
 
 
 def _f32bits(x) -> np.ndarray:

@@ -18,8 +18,13 @@ from emulator.attention.api import stage_seed
 from emulator.attention.recipes import Recipe, get_fix, get_recipe
 
 SUPPORTED_HEAD_DIMS = (64, 128)
-# software pipelining depths the H200 crosscheck ran (gpu/probes/tile_checks.sh)
+# the tiles the kernels take (num_warps: emulator.attention.recipes.NUM_WARPS);
+# gpu/probes/tile_checks.sh crosschecks every one on the H200
+KERNEL_BLOCK_M = (64, 128)
+KERNEL_BLOCK_N = (32, 64, 128)
+# software pipelining depths the H200 crosscheck ran, and the default
 CROSSCHECKED_STAGES = (2, 3, 4)
+DEFAULT_STAGES = 3
 
 
 @dataclass
@@ -68,8 +73,8 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
             raise ValueError(f"the GPU kernels round {name} with rne or sr only, got {st.rounding!r}")
         if st.rounding == "sr" and st.rand_bits != 16:
             raise ValueError(f"the GPU kernels use 16 random bits for sr, got rand_bits={st.rand_bits}")
-    if rec.block_n not in (32, 64, 128) or rec.block_m not in (64, 128):
-        raise ValueError(f"kernel tiles: block_m in (64, 128), block_n in (32, 64, 128); "
+    if rec.block_n not in KERNEL_BLOCK_N or rec.block_m not in KERNEL_BLOCK_M:
+        raise ValueError(f"kernel tiles: block_m in {KERNEL_BLOCK_M}, block_n in {KERNEL_BLOCK_N}; "
                          f"got {rec.block_m}, {rec.block_n}")
     return {"P_SR": rec.stages["P_cast"].rounding == "sr", "O_SR": rec.stages["O_cast"].rounding == "sr",
             "FIX": fix is not None}
@@ -77,7 +82,7 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
 
 def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, rounding=None,
                     seed=None, dump=False, eps=None, beta=None, block_m=None, block_n=None,
-                    num_warps=None, num_stages=3) -> GpuAttentionResult:
+                    num_warps=None, num_stages=DEFAULT_STAGES) -> GpuAttentionResult:
     """Forward attention on the GPU with the recipe's arithmetic (bit-identical to the emulator).
 
     q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and

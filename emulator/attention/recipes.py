@@ -119,6 +119,10 @@ PAPER_STAGES = _stages(
 )
 
 
+# warps per program a recipe may name (the kernels' warpgroups: one or two)
+NUM_WARPS = (4, 8)
+
+
 @dataclass(frozen=True)
 class Fix:
     """A softmax fix applied per query row and key block.
@@ -234,7 +238,7 @@ class Recipe:
         for v, what in ((self.block_m, "block_m"), (self.block_n, "block_n")):
             if v not in (16, 32, 64, 128):
                 raise ValueError(f"{what} must be 16, 32, 64 or 128, got {v}")
-        if self.num_warps not in (4, 8):
+        if self.num_warps not in NUM_WARPS:
             raise ValueError(f"num_warps must be 4 or 8, got {self.num_warps}")
         p = self.stages.get("P_cast")
         if p is not None and p.format.startswith("fp8") and self.block_n % 32:

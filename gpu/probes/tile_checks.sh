@@ -5,8 +5,9 @@
 #
 #   FLASHBITS_COMMIT=$(git rev-parse --short HEAD) OUT=DIR bash gpu/probes/tile_checks.sh RECIPE
 #
-# For RECIPE (fa2 or paper): block_m in {64, 128} x block_n in {32, 64, 128} x
-# num_warps in {4, 8} at 3 stages, and the recipe's own tile at 2 and 4 stages;
+# For RECIPE (fa2 or paper): crosscheck.sides.other_tiles, i.e. block_m in
+# {64, 128} x block_n in {32, 64, 128} x num_warps in {4, 8} at 3 stages (all but
+# the recipe's own), and the recipe's own tile at 2 and 4 stages;
 # two configurations, no fix with rne and the paper fix with sr, run side by side
 # (each compiles its own kernels); CASES (default 48) cases each, production and
 # dump launches.  Writes DIR/<recipe>_nofix and DIR/<recipe>_fix: crosscheck.json,
@@ -14,18 +15,9 @@
 set -u
 : "${OUT:?set OUT to the output directory}"
 recipe=${1:?name a recipe: fa2 or paper}
-case $recipe in
-  fa2) own=128x64w8 ;;
-  paper) own=64x64w4 ;;
-  *) echo "unknown recipe $recipe (fa2, paper)"; exit 2 ;;
-esac
-tiles=""
-for bm in 64 128; do for bn in 32 64 128; do for w in 4 8; do
-  t=${bm}x${bn}w${w}
-  [ "$t" = "$own" ] || tiles="$tiles,$t"
-done; done; done
-tiles="${tiles#,},${own}s2,${own}s4"
 export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
+tiles=$(python -c "import sys; from crosscheck.sides import other_tiles; print(','.join(other_tiles(sys.argv[1])))" \
+  "$recipe") || { echo "unknown recipe $recipe (fa2, paper)"; exit 2; }
 half=$(( $(nproc) / 2 ))
 run() {  # run NAME FIX ROUNDING
   mkdir -p "$OUT/$1"
