@@ -17,7 +17,7 @@ import time
 import numba
 import numpy as np
 
-from emulator import flash_attention, quantize, reference_attention
+from flashbits.emulator import flash_attention, quantize, reference_attention
 
 
 def median_time(fn, reps=5):

@@ -27,7 +27,7 @@ import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from emulator import quantize  # noqa: E402
+from flashbits.emulator import quantize  # noqa: E402
 
 CASTS = [("bf16", ml_dtypes.bfloat16), ("fp16", np.float16), ("fp8_e4m3", ml_dtypes.float8_e4m3fn)]
 

@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from emulator import quantize  # noqa: E402
-from emulator.hw import tensor_core as tc  # noqa: E402
+from flashbits.emulator import quantize  # noqa: E402
+from flashbits.emulator.hw import tensor_core as tc  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -54,7 +54,7 @@ def operands(fmt, M, K, N, seed=0):
 def kernel_only(a, b, c, fmt):
     """A callable running only the compiled kernel on pre-decoded operands."""
     model = tc.TC_MODELS["sm90"][fmt]
-    from emulator.formats import get_format
+    from flashbits.emulator.formats import get_format
 
     f = get_format(fmt)
     ops = tc._prepare(a, b, c, f, model)

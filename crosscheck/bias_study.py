@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 
-from emulator import flash_attention, get_recipe, reference_attention
-from emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator import flash_attention, get_recipe, reference_attention
+from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
 
 from .regimes import REGIMES, ROWS, regime_inputs
 
@@ -314,7 +314,7 @@ def worked_example(regime: str = "ties-12", rows: int = 256) -> str:
     bit, then shows the first block-output cast (PV_cast) whose exact tie was
     pushed just over one half by the small terms.
     """
-    from emulator import quantize, sfu_exp2, tensor_core_dot, to_bits
+    from flashbits.emulator import quantize, sfu_exp2, tensor_core_dot, to_bits
 
     q, k, v = regime_inputs(regime, rows=rows)
     q2, k2, v2 = q[0, 0], k[0, 0], v[0, 0]

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from emulator import quantize
+from flashbits.emulator import quantize
 
 KINDS = ("random", "ties", "concentrated", "lowrank_v", "inf_inputs", "huge", "subnormal", "odd")
 

@@ -41,7 +41,7 @@ def _parse_overrides(items):
 
 
 def cmd_formats(args):
-    from emulator import FORMATS
+    from flashbits.emulator import FORMATS
 
     print(f"{'name':<10}{'bits':>5}{'exp':>5}{'mant':>6}{'bias':>6}  {'max finite':>14}{'min normal':>14}"
           f"{'min subnormal':>15}  specials")
@@ -56,7 +56,7 @@ def cmd_formats(args):
 def _load_inputs(args):
     import numpy as np
 
-    from crosscheck.cases import Case, generate
+    from flashbits.crosscheck.cases import Case, generate
 
     if args.inputs:
         z = np.load(args.inputs)
@@ -79,8 +79,8 @@ def _load_inputs(args):
 def cmd_emulate(args):
     import numpy as np
 
-    from emulator import flash_attention, reference_attention
-    from emulator.attention.bias import bias_stats, signed_error_ulps
+    from flashbits.emulator import flash_attention, reference_attention
+    from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
 
     q, k, v, causal, desc, recipe = _load_inputs(args)
     ov = _parse_overrides(args.override)
@@ -131,8 +131,8 @@ def _has_cuda() -> bool:
 
 
 def cmd_crosscheck(args):
-    from crosscheck.record import replay_record
-    from crosscheck.report import to_markdown
+    from flashbits.crosscheck.record import replay_record
+    from flashbits.crosscheck.report import to_markdown
 
     if args.replay:
         if not os.path.exists(args.replay):
@@ -142,8 +142,8 @@ def cmd_crosscheck(args):
             print("  MISMATCH", json.dumps(f))
         print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
         return 0 if res["mismatches"] == 0 else 1
-    from crosscheck.cases import KINDS
-    from crosscheck.sides import parse_tile
+    from flashbits.crosscheck.cases import KINDS
+    from flashbits.crosscheck.sides import parse_tile
 
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     bad = [k for k in kinds if k not in KINDS]
@@ -158,10 +158,10 @@ def cmd_crosscheck(args):
               "  To check the emulator against recorded GPU bits instead:\n"
               "    crosscheck --replay tests/data/hw/attention_golden.npz", file=sys.stderr)
         return 2
-    from crosscheck.cases import suite
-    from crosscheck.runner import crosscheck_config
-    from crosscheck.sides import Config
-    from gpu.probes.provenance import provenance
+    from flashbits.crosscheck.cases import suite
+    from flashbits.crosscheck.runner import crosscheck_config
+    from flashbits.crosscheck.sides import Config
+    from flashbits.gpu.probes.provenance import provenance
 
     cases = suite(args.cases, seed=args.seed, kinds=kinds, dims=tuple(int(d) for d in args.dims.split(",")),
                   max_len=args.max_len)
@@ -190,8 +190,8 @@ def cmd_crosscheck(args):
 
 
 def _write(args, report, entries, prov):
-    from crosscheck.record import save_record
-    from crosscheck.report import to_json, to_markdown
+    from flashbits.crosscheck.record import save_record
+    from flashbits.crosscheck.report import to_json, to_markdown
 
     if args.record:
         os.makedirs(args.record, exist_ok=True)
@@ -283,7 +283,7 @@ def build_parser():
                        description=CROSSCHECK_DESC, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_crosscheck_args(p)
     try:
-        from crosscheck.bias_cli import add_bias_parser
+        from flashbits.crosscheck.bias_cli import add_bias_parser
     except ImportError:
         pass
     else:

@@ -1,6 +1,6 @@
 """Write docs/cli.md from the parsers themselves, so the reference cannot drift.
 
-    PYTHONPATH=. python -m crosscheck.cli_docs > docs/cli.md
+    PYTHONPATH=. python -m flashbits.crosscheck.cli_docs > docs/cli.md
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .cli import CROSSCHECK_DESC, _add_crosscheck_args, build_parser
 
 INTRO = """# Command-line reference
 
-Generated from the parsers by `python -m crosscheck.cli_docs` (a test checks it is
+Generated from the parsers by `python -m flashbits.crosscheck.cli_docs` (a test checks it is
 current). Two console scripts: `flashbits` (subcommands below) and `crosscheck`
 (the same as `flashbits crosscheck`).
 """

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from emulator import from_bits, to_bits
+from flashbits.emulator import from_bits, to_bits
 
 from .cases import Case
 from .compare import ORDER, compare_sides

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from emulator import quantize
+from flashbits.emulator import quantize
 
 from .cases import Case, generate
 

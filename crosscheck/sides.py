@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from emulator import flash_attention as emu_flash_attention
-from emulator import to_bits
+from flashbits.emulator import flash_attention as emu_flash_attention
+from flashbits.emulator import to_bits
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class Config:
         field is the default."""
         if (self.block_m, self.block_n, self.num_warps, self.num_stages) == (None,) * 4:
             return None
-        from emulator.attention.recipes import get_recipe
-        from gpu.attention import DEFAULT_STAGES
+        from flashbits.emulator.attention.recipes import get_recipe
+        from flashbits.gpu.attention import DEFAULT_STAGES
 
         r = get_recipe(self.recipe)
         stages = self.num_stages or DEFAULT_STAGES
@@ -87,8 +87,8 @@ def other_tiles(recipe: str) -> list[str]:
     depth, as ``BMxBNwWsS``: each block_m × block_n × num_warps at the default
     depth, then the recipe's own tile at the other crosschecked depths
     (gpu/probes/tile_checks.sh's list)."""
-    from emulator.attention.recipes import NUM_WARPS, get_recipe
-    from gpu.attention import (
+    from flashbits.emulator.attention.recipes import NUM_WARPS, get_recipe
+    from flashbits.gpu.attention import (
         CROSSCHECKED_STAGES,
         DEFAULT_STAGES,
         KERNEL_BLOCK_M,
@@ -117,7 +117,7 @@ def emulator_side(q, k, v, causal: bool, cfg: Config, dump: bool = True) -> dict
 def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
     import torch
 
-    from gpu import flash_attention as gpu_flash_attention
+    from flashbits.gpu import flash_attention as gpu_flash_attention
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
     t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]

@@ -5,7 +5,7 @@
 
 import numpy as np
 
-from emulator import FORMATS, from_bits, quantize, to_bits
+from flashbits.emulator import FORMATS, from_bits, quantize, to_bits
 
 x = np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-9, -(1.0 + 2.0**-8), 500.0, 1e-40], dtype=np.float32)
 print("x                :", x)

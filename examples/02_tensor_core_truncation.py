@@ -5,7 +5,7 @@
 
 import numpy as np
 
-from emulator import quantize, tensor_core_dot
+from flashbits.emulator import quantize, tensor_core_dot
 
 # 1 − 2^-25 comes back as 1 − 2^-24: the sum of a k16 step is truncated, not rounded
 a = np.zeros((1, 16), np.float32)

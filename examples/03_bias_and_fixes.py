@@ -3,9 +3,9 @@
     python examples/03_bias_and_fixes.py
 """
 
-from crosscheck.regimes import regime_inputs
-from emulator import flash_attention, reference_attention
-from emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.crosscheck.regimes import regime_inputs
+from flashbits.emulator import flash_attention, reference_attention
+from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
 
 q, k, v = regime_inputs("ties-12")  # two tied maxima, the rest 12 nats lower, V < 0; 2^18 samples
 ref, _ = reference_attention(q, k, v)

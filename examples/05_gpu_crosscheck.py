@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 
-from crosscheck.record import replay_record
-from crosscheck.regimes import regime_inputs
-from crosscheck.sides import Config, emulator_side
+from flashbits.crosscheck.record import replay_record
+from flashbits.crosscheck.regimes import regime_inputs
+from flashbits.crosscheck.sides import Config, emulator_side
 
 here = os.path.dirname(os.path.abspath(__file__))
 try:
@@ -19,7 +19,7 @@ try:
 except ImportError:
     has_gpu = False
 if has_gpu:
-    from crosscheck.sides import gpu_side
+    from flashbits.crosscheck.sides import gpu_side
 
     q, k, v = regime_inputs("ties-12")
     cfg = Config(recipe="fa2", fix="paper", rounding="sr", seed=3)

@@ -14,8 +14,8 @@ import operator
 import os
 from dataclasses import dataclass
 
-from emulator.attention.api import stage_seed
-from emulator.attention.recipes import Recipe, get_fix, get_recipe
+from flashbits.emulator.attention.api import stage_seed
+from flashbits.emulator.attention.recipes import Recipe, get_fix, get_recipe
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 # the tiles the kernels take (num_warps: emulator.attention.recipes.NUM_WARPS);

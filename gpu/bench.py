@@ -1,6 +1,6 @@
 """Forward-attention throughput on the GPU, every kernel measured in one run.
 
-    PYTHONPATH=. python -m gpu.bench [--variants 128x64w8s3,...] [--roundings rne,sr] [--json OUT]
+    PYTHONPATH=. python -m flashbits.gpu.bench [--variants 128x64w8s3,...] [--roundings rne,sr] [--json OUT]
 
 B=8, H=16, N=4096, D=128, bf16, causal and not: the fa2 kernel (tile variants,
 without and with the paper fix, its casts rounded rne or also sr) against
@@ -48,7 +48,7 @@ def main(argv=None):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    from gpu import flash_attention
+    from flashbits.gpu import flash_attention
 
     B, H, N, D = args.B, args.H, args.N, args.D
     torch.manual_seed(0)
@@ -97,7 +97,7 @@ def main(argv=None):
         if "ms" in r:
             print(f"{r['kernel']:<34}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
     if args.json:
-        from gpu.probes.provenance import provenance
+        from flashbits.gpu.probes.provenance import provenance
 
         with open(args.json, "w") as f:
             json.dump({"provenance": provenance(), "shape": [B, H, N, D], "rows": rows}, f, indent=1)

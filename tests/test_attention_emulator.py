@@ -26,10 +26,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crosscheck.cases import Case, generate
-from crosscheck.regimes import regime_inputs
-from emulator import flash_attention, from_bits, quantize, reference_attention, to_bits
-from emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.crosscheck.cases import Case, generate
+from flashbits.crosscheck.regimes import regime_inputs
+from flashbits.emulator import flash_attention, from_bits, quantize, reference_attention, to_bits
+from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
 
 from attention_bounds import error_bound, visible, visited_blocks
 
@@ -769,9 +769,9 @@ def test_attention_exp2_unit_is_the_sfu_model():
     """The attention emulator's MUFU (kernel.mufu) is emulator.sfu_exp2 on fp32 values,
     FTZ and not; a value beyond fp32's range (only an fp64-format ablation can make
     one) reads as ±inf, so exp2 gives 0 or inf rather than garbage bits."""
-    from emulator import sfu_exp2
-    from emulator.attention.kernel import mufu
-    from emulator.hw.sfu import ex2_params, load_exp2_tables
+    from flashbits.emulator import sfu_exp2
+    from flashbits.emulator.attention.kernel import mufu
+    from flashbits.emulator.hw.sfu import ex2_params, load_exp2_tables
 
     tpos, tneg, p = load_exp2_tables("sm90")
     ex2p = ex2_params(p)

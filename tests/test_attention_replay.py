@@ -15,7 +15,7 @@ Each entry is re-run by the emulator (crosscheck.record.replay_record) and
 compared as raw bits, NaN payloads aside (crosscheck/compare.py).  The GPU's
 bits are the truth: nothing here is computed by the code under test except the
 emulator's answer.  Regenerate with ``crosscheck --record DIR`` and
-``python -m gpu.probes.bias_confirm`` on the GPU (docs/hardware.md).
+``python -m flashbits.gpu.probes.bias_confirm`` on the GPU (docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import re
 import numpy as np
 import pytest
 
-from crosscheck.cli import crosscheck_main
-from crosscheck.record import load_record, replay_record
+from flashbits.crosscheck.cli import crosscheck_main
+from flashbits.crosscheck.record import load_record, replay_record
 
 HW = os.path.join(os.path.dirname(__file__), "data", "hw")
 GOLDEN = os.path.join(HW, "attention_golden.npz")
@@ -74,8 +74,8 @@ def test_golden_record_covers_what_it_claims():
 def test_tile_record_covers_every_tile_the_kernels_accept():
     """With GOLDEN (the recipes' own tiles at 3 stages), every (block_m, block_n,
     num_warps, num_stages) gpu.flash_attention accepts, for both recipes."""
-    from emulator.attention.recipes import get_recipe
-    from gpu.attention import CROSSCHECKED_STAGES
+    from flashbits.emulator.attention.recipes import get_recipe
+    from flashbits.gpu.attention import CROSSCHECKED_STAGES
 
     entries, _ = load_record(TILES)
     got = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding, e["cfg"].tile) for e in entries}

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from crosscheck.bias_study import ablations, run_grid, worked_example
-from crosscheck.regimes import REGIMES, regime_inputs
-from emulator import flash_attention, reference_attention, to_bits
-from emulator.attention.bias import bias_stats, signed_error_ulps
-from emulator.attention.recipes import Fix
+from flashbits.crosscheck.bias_study import ablations, run_grid, worked_example
+from flashbits.crosscheck.regimes import REGIMES, regime_inputs
+from flashbits.emulator import flash_attention, reference_attention, to_bits
+from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator.attention.recipes import Fix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,12 +97,12 @@ def _cli(*args, env=None):
     e = dict(os.environ, PYTHONPATH=ROOT)
     e.pop("TRITON_INTERPRET", None)
     e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "crosscheck.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "flashbits.crosscheck.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, env=e, timeout=900)
 
 
 def test_cli_help_and_docs_are_current():
-    from crosscheck.cli_docs import render
+    from flashbits.crosscheck.cli_docs import render
 
     r = _cli("--help")
     assert r.returncode == 0 and "emulate" in r.stdout and "crosscheck" in r.stdout and "bias" in r.stdout
@@ -111,7 +111,7 @@ def test_cli_help_and_docs_are_current():
         assert r.returncode == 0 and "usage: flashbits " + sub in r.stdout
     os.environ["COLUMNS"] = "100"
     with open(os.path.join(ROOT, "docs", "cli.md")) as f:
-        assert f.read().strip() == render().strip(), "docs/cli.md is stale: python -m crosscheck.cli_docs > docs/cli.md"
+        assert f.read().strip() == render().strip(), "docs/cli.md is stale: python -m flashbits.crosscheck.cli_docs > docs/cli.md"
 
 
 def test_cli_formats_table():
@@ -145,7 +145,7 @@ def test_gpu_wrapper_without_cuda_points_to_the_emulator(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the refusal is for machines without one")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    from gpu import flash_attention as gpu_fa
+    from flashbits.gpu import flash_attention as gpu_fa
 
     x = torch.zeros(1, 1, 8, 64, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="emulator"):

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import reference_rounding as ref
-from emulator import from_bits, quantize, to_bits
+from flashbits.emulator import from_bits, quantize, to_bits
 
 SMALL = ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2")
 ML_TYPE = {"bf16": ml_dtypes.bfloat16, "fp16": np.float16, "fp8_e4m3": ml_dtypes.float8_e4m3fn,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emulator import FORMATS, quantize
+from flashbits.emulator import FORMATS, quantize
 
 X = np.array([1.0, 2.5, -3.25], np.float32)
 MODES = ("rne", "rna", "rz", "ru", "rd", "sr")
@@ -116,7 +116,7 @@ def test_seed_out_of_64_bits(bad):
                                       ({"beta": 0.5}, "beta must be finite and >= 1"),
                                       ({"beta": float("inf")}, "beta must be finite and >= 1")])
 def test_paper_fix_parameters_are_checked(kw, says):
-    from emulator.attention.recipes import get_fix
+    from flashbits.emulator.attention.recipes import get_fix
 
     with pytest.raises(ValueError, match=says):
         get_fix("paper", **kw)

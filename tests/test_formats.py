@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from emulator import FORMATS, FloatFormat, get_format
+from flashbits.emulator import FORMATS, FloatFormat, get_format
 
 NUMPY_TYPE = {
     "fp64": np.float64,

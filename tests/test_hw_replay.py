@@ -16,10 +16,10 @@ import re
 import numpy as np
 import pytest
 
-from emulator import from_bits, quantize, sfu_exp2, tensor_core_dot, to_bits
-from emulator.hw.tensor_core import _tensor_core_dot_reference
-from emulator.philox import philox_words
-from gpu.probes.dot_cases import KINDS
+from flashbits.emulator import from_bits, quantize, sfu_exp2, tensor_core_dot, to_bits
+from flashbits.emulator.hw.tensor_core import _tensor_core_dot_reference
+from flashbits.emulator.philox import philox_words
+from flashbits.gpu.probes.dot_cases import KINDS
 
 HW = os.path.join(os.path.dirname(__file__), "data", "hw")
 DOT = os.path.join(HW, "dot_golden.npz")

@@ -76,7 +76,7 @@ VARIANTS = [_variant("_fa2_fwd", D=D) for D in (64, 128)] + [
 def _compile_variants(variants):
     """{variant: (ptx, argument names)}: gpu/kernels.py compiled for sm_90 (run in a
     fresh process without TRITON_INTERPRET, see ``ptx_of``)."""
-    from gpu.probes.resources import compile_kernel, runtime_params
+    from flashbits.gpu.probes.resources import compile_kernel, runtime_params
 
     out = {}
     for name, D, fix, psr, osr, dump in variants:

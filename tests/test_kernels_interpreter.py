@@ -41,19 +41,19 @@ if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.
     # triton was imported before TRITON_INTERPRET was set (its library functions are
     # compiled-mode JITFunctions, which the interpreter cannot call): import it afresh
     # (the compiled extension triton._C stays: it cannot be loaded twice)
-    for _m in [m for m in sys.modules if (m == "triton" or m.startswith("triton.") or m == "gpu.kernels")
+    for _m in [m for m in sys.modules if (m == "triton" or m.startswith("triton.") or m == "flashbits.gpu.kernels")
                and not m.startswith("triton._C")]:
         del sys.modules[_m]
     import triton  # noqa: E402
 
-import gpu  # noqa: E402
-import gpu.interpreter_compat  # noqa: E402
-import gpu.kernels  # noqa: E402
+import flashbits.gpu as gpu  # noqa: E402
+import flashbits.gpu.interpreter_compat  # noqa: E402
+import flashbits.gpu.kernels  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from attention_bounds import U, error_bound  # noqa: E402
-from emulator import flash_attention as emu_flash_attention  # noqa: E402
-from emulator import quantize, reference_attention  # noqa: E402
+from flashbits.emulator import flash_attention as emu_flash_attention  # noqa: E402
+from flashbits.emulator import quantize, reference_attention  # noqa: E402
 
 if not isinstance(gpu.kernels._fa2_fwd, InterpretedFunction):
     importlib.reload(gpu.kernels)

@@ -31,12 +31,12 @@ from compiler_child import json_lines_of
 
 @pytest.fixture(scope="module")
 def pipelined():
-    return json_lines_of("gpu.probes.pipelined_fa2", "--ptx")
+    return json_lines_of("flashbits.gpu.probes.pipelined_fa2", "--ptx")
 
 
 @pytest.fixture(scope="module")
 def ws():
-    return json_lines_of("gpu.probes.ws_fa2", "--ptx")
+    return json_lines_of("flashbits.gpu.probes.ws_fa2", "--ptx")
 
 
 def test_pipelined_both_variants_reported(pipelined):
@@ -66,7 +66,7 @@ def _ws_consumer_loops(r):
 
 
 def test_ws_compiles_without_spills_or_serialisation(ws):
-    from gpu.probes.ws_fa2 import SCHEDULES
+    from flashbits.gpu.probes.ws_fa2 import SCHEDULES
 
     assert [(r["schedule"], r["fix"]) for r in ws] == [(s, f) for s in SCHEDULES for f in (False, True)]
     for r in ws:
@@ -97,13 +97,13 @@ def test_ws_speculative_schedule_holds_the_redo_of_the_exps(ws):
 
 @pytest.fixture(scope="module")
 def speculative():
-    return json_lines_of("gpu.probes.speculative_fa2", "--sass")
+    return json_lines_of("flashbits.gpu.probes.speculative_fa2", "--sass")
 
 
 def test_speculative_variants_compile_and_their_redo_sees_every_row(speculative):
     # the redo tests the moved-flags of a few elements only; its bits are the
     # production kernel's only if those elements cover both rows a thread holds
-    from gpu.probes.speculative_fa2 import STEPS
+    from flashbits.gpu.probes.speculative_fa2 import STEPS
 
     assert [r["kernel"] for r in speculative] == ["production", *STEPS]
     for r in speculative:

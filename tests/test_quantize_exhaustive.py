@@ -63,9 +63,9 @@ from numba.core import types
 from numba.core.extending import intrinsic
 
 import reference_rounding as ref
-from emulator import quantize
-from emulator import rounding as R
-from emulator.formats import FORMATS
+from flashbits.emulator import quantize
+from flashbits.emulator import rounding as R
+from flashbits.emulator.formats import FORMATS
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import reference_rounding as ref
-from emulator import quantize
+from flashbits.emulator import quantize
 
 FORMATS = ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp32")
 DTYPES = (np.float64, np.float32)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import reference_rounding as ref
-from emulator import quantize, to_bits
+from flashbits.emulator import quantize, to_bits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASTS = os.path.join(HERE, "data", "hw", "casts_golden.npz")

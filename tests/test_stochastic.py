@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import reference_rounding as ref
-from emulator import quantize
-from emulator.philox import philox4x32_block, philox_words
+from flashbits.emulator import quantize
+from flashbits.emulator.philox import philox4x32_block, philox_words
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CASTS = os.path.join(HERE, "data", "hw", "casts_golden.npz")

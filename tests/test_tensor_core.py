@@ -17,9 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator import FORMATS, from_bits, quantize, sfu_exp2, tensor_core_dot
-from emulator.hw.sfu import load_exp2_tables
-from emulator.hw.tensor_core import TC_MODELS, _tensor_core_dot_reference, decode_operands, tc_dot_ij
+from flashbits.emulator import FORMATS, from_bits, quantize, sfu_exp2, tensor_core_dot
+from flashbits.emulator.hw.sfu import load_exp2_tables
+from flashbits.emulator.hw.tensor_core import TC_MODELS, _tensor_core_dot_reference, decode_operands, tc_dot_ij
 
 HW = os.path.join(os.path.dirname(__file__), "data", "hw")
 TC_FORMATS = ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2")

@@ -2,7 +2,10 @@
 
 from .api import AttentionResult, flash_attention, reference_attention, stage_seed
 from .ledger import RoundingLedger
-from .recipes import FIXES, RECIPES, Fix, Recipe, StageSpec, get_fix, get_recipe
+from .families import FAMILIES, Family, KernelScalars, get_family
+from .recipes import FIXES, RECIPES, Fix, Recipe, get_fix, get_recipe
+from .stages import StageSpec
 
 __all__ = ["flash_attention", "reference_attention", "AttentionResult", "RoundingLedger", "Recipe",
-           "StageSpec", "RECIPES", "get_recipe", "Fix", "FIXES", "get_fix", "stage_seed"]
+           "StageSpec", "RECIPES", "get_recipe", "Fix", "FIXES", "get_fix", "stage_seed",
+           "FAMILIES", "Family", "KernelScalars", "get_family"]

@@ -16,9 +16,10 @@ from ..philox import seed_to_u64
 from ..rounding import RoundMode, quantize, target
 from . import kernel as K
 from .ledger import NF, RoundingLedger
+from .families import KernelScalars
 from .recipes import Fix, Recipe, get_fix, get_recipe
 
-__all__ = ["flash_attention", "reference_attention", "AttentionResult", "stage_seed", "MAX_HEAD_DIM"]
+__all__ = ["flash_attention", "reference_attention", "AttentionResult", "EmulatorRun", "stage_seed", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 INPUT_FORMAT = "bf16"
@@ -141,7 +142,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     q, k, v : (batch, heads, seq, dim) or (seq, dim) arrays of bf16 values
         (float32/float64 holding bf16 values, or ml_dtypes.bfloat16).  q and k
         lengths may differ; any lengths (no multiple of the block needed).
-    recipe : ``fa2`` | ``paper`` | a :class:`Recipe` (stage plan + tiles).
+    recipe : a name of ``RECIPES`` (``fa2``, ``paper``) | a :class:`Recipe`.
     fix : None | ``paper`` | ``offset`` | :class:`Fix`; ``eps``/``beta`` set the
         paper fix's parameters, ``delta`` the offset fix's (recipes.Fix).
     causal : mask keys j > i (top-left aligned, as torch's ``is_causal``).
@@ -163,106 +164,149 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     tensor-core and MUFU models include their special-value rules; PTX max
     ignores NaN); a row whose scores are all NaN gives NaN.
     """
-    rec = get_recipe(recipe)
-    tiles = {}
-    if block_m is not None:
-        tiles["block_m"] = int(block_m)
-    if block_n is not None:
-        tiles["block_n"] = int(block_n)
-    ov = dict(overrides or {})
-    if rounding is not None:
-        for st in ("P_cast", "O_cast"):
-            ov.setdefault(st, {})
-            ov[st] = {**ov[st], "rounding": rounding}
-    if ov or tiles:
-        rec = rec.with_overrides(ov, **tiles)
+    rec = get_recipe(recipe).configured(overrides, rounding, block_m=block_m, block_n=block_n)
     fx = get_fix(fix, eps, beta, delta)
     if precision not in ("hw", "fp64"):
         raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
     fp64 = precision == "fp64"
     q4, k4, v4, squeeze = _check_inputs(q, k, v)
     B, H, Nq, D = q4.shape
-    Nk = k4.shape[2]
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (math.isfinite(sc) and sc > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    bn = rec.block_n
-    nblk = (Nk + bn - 1) // bn
-    nk_pad = nblk * bn
-    BH = B * H
-    qf = q4.reshape(BH, Nq, D)
-    kT = np.ascontiguousarray(k4.reshape(BH, Nk, D).transpose(0, 2, 1))
-    vf = np.zeros((BH, nk_pad, D), np.float32)
-    vf[:, :Nk] = v4.reshape(BH, Nk, D)
-
     plan = _plan(rec, fp64, seed)
-    stages = list(rec.stages)
     nthreads = threads or numba.config.NUMBA_NUM_THREADS
     prev = numba.get_num_threads()
     numba.set_num_threads(nthreads)
     try:
-        nch = max(1, min(BH * Nq, 8 * nthreads))
-        ledgers = np.zeros((nch, len(stages), NF))
-        # P̄·V operand format; V is cast to it when it differs from the input's
-        pfmt = rec.stages["P_cast"].format if not fp64 else "fp64"
-        vcast = not fp64 and pfmt != INPUT_FORMAT and pfmt != "fp32"
-        if vcast:
-            st_v = stages.index("V_cast") if "V_cast" in stages else None
-            vq = quantize(vf, pfmt, "rne", saturate=pfmt.startswith("fp8"))
-            if record and st_v is not None:
-                _ledger_cast(vf, pfmt, ledgers[0], st_v)
-            vf = vq
-        tc_in = INPUT_FORMAT
-        tcm_q = TC_MODELS["sm90"][tc_in]
-        v_fmt = pfmt if vcast else INPUT_FORMAT
-        if not fp64 and v_fmt not in TC_MODELS["sm90"]:
-            raise ValueError(f"P̄·V operand format {v_fmt!r} has no tensor-core model; "
-                             f"accepted: {', '.join(TC_MODELS['sm90'])}")
-        tcm_v = TC_MODELS["sm90"][v_fmt] if not fp64 else tcm_q
-        fq = get_format(tc_in)
-        fv = get_format(v_fmt if not fp64 else tc_in)
-        tcq = (tcm_q.k_step, tcm_q.frac_bits, tcm_q.sum_frac_bits, fq.mant_bits)
-        tcv = (tcm_v.k_step, tcm_v.frac_bits, tcm_v.sum_frac_bits, fv.mant_bits)
-        q_s, q_e, q_p = decode_operands(qf, tc_in)
-        k_s, k_e, k_p = decode_operands(kT, tc_in)
-        v_s, v_e, v_p = decode_operands(vf, fv.name)
-        tpos, tneg, ex2 = load_exp2_tables("sm90")
-        ex2p = ex2_params(ex2)
-        out = np.empty((BH, Nq, D))
-        m_out = np.empty((BH, Nq))
-        l_out = np.empty((BH, Nq))
-        keep = record or dump
-        acc = np.full((BH, Nq, D) if keep else (1, 1, 1), np.nan)
-        mblk = np.full((BH, Nq, nblk) if keep else (1, 1, 1), np.nan)
-        lblk = np.full((BH, Nq, nblk) if keep else (1, 1, 1), np.nan)
-        arith = target(FORMATS["fp64" if fp64 else "fp32"])
-        common = (qf.astype(np.float64), q_s, q_e, q_p, kT.astype(np.float64), k_s, k_e, k_p,
-                  vf.astype(np.float64), v_s, v_e, v_p, Nk, bool(causal), rec.block_m, bn)
-        if rec.name == "fa2" or "x" in rec.stages:
-            L2E = 1.4426950408889634
-            f32 = (lambda x: x) if fp64 else (lambda x: float(np.float32(x)))
-            c = f32(sc * L2E)
-            eps2 = f32(fx.eps * L2E) if fx else 0.0
-            delta2 = f32(fx.delta * L2E) if fx else 0.0
-            K.fa2_rows(*common, c, _fix_kind(fx), eps2, f32(fx.beta) if fx else 1.0, delta2,
-                       plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, ex2p, not fp64, bool(record),
-                       bool(keep), arith, out, m_out, l_out, acc, mblk, lblk, ledgers)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lse = m_out * math.log(2.0) + np.log(l_out)
-        else:
-            f32 = (lambda x: x) if fp64 else (lambda x: float(np.float32(x)))
-            K.paper_rows(*common, f32(sc), _fix_kind(fx), f32(fx.eps) if fx else 0.0,
-                         f32(fx.beta) if fx else 1.0, f32(fx.delta) if fx else 0.0,
-                         plan, tcq, tcv, fv.mant_bits, fv.emin, tpos, tneg, ex2p, not fp64, bool(record),
-                         bool(keep), arith, rec.stages["l_add_cast"].accumulation == "compensated",
-                         rec.stages["O_add_cast"].accumulation == "compensated",
-                         out, m_out, l_out, acc, mblk, lblk, ledgers)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                lse = m_out + np.log(l_out)
+        run = _prepare_run(q4, k4, v4, rec, fx, sc, plan, bool(causal), fp64, bool(record), bool(record or dump),
+                           nthreads)
+        rec.spec.emulate(run)
     finally:
         numba.set_num_threads(prev)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lse = rec.lse(run.m, run.l)
+    return _shape_result(run, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
+                         {"scale": sc, "causal": bool(causal), "precision": precision})
 
-    shape4 = (B, H, Nq, D)
+
+@dataclass
+class EmulatorRun:
+    """One emulator call as a family's ``emulate`` receives it: the operands in the
+    forms the compiled kernels read, the stage plan, the hardware-unit parameters,
+    and the output arrays the kernel fills (rows flattened to batch·heads).
+
+    Operands: ``q``/``kT``/``v`` values as float64 (kT is K transposed, v padded
+    to whole key blocks with zeros) and their tensor-core decodings
+    (sign·significand, unit exponent, special code) ``*_sig``, ``*_exp``,
+    ``*_spec``.  ``tc_qk``/``tc_pv``: the (k_step, frac_bits, sum_frac_bits,
+    operand mantissa bits) of the two tensor-core models; ``p_mant``/``p_emin``:
+    the P̄·V operand format of P̄.  ``ex2_pos``/``ex2_neg``/``ex2_params``: the
+    MUFU.EX2 tables and model parameters.  ``hw``: hardware units (False: float64
+    IEEE units); ``record``: fill the ledger; ``keep``: fill acc and the per-block
+    m, l.  ``arith``: the target of the un-staged arithmetic (fp32 with hw).
+    """
+
+    recipe: Recipe
+    fix: Fix | None
+    scalars: KernelScalars
+    fix_kind: int
+    causal: bool
+    hw: bool
+    record: bool
+    keep: bool
+    Nk: int
+    q: np.ndarray
+    q_sig: np.ndarray
+    q_exp: np.ndarray
+    q_spec: np.ndarray
+    kT: np.ndarray
+    kT_sig: np.ndarray
+    kT_exp: np.ndarray
+    kT_spec: np.ndarray
+    v: np.ndarray
+    v_sig: np.ndarray
+    v_exp: np.ndarray
+    v_spec: np.ndarray
+    plan: np.ndarray
+    tc_qk: tuple
+    tc_pv: tuple
+    p_mant: int
+    p_emin: int
+    ex2_pos: np.ndarray
+    ex2_neg: np.ndarray
+    ex2_params: tuple
+    arith: tuple
+    out: np.ndarray
+    m: np.ndarray
+    l: np.ndarray
+    acc: np.ndarray
+    m_blocks: np.ndarray
+    l_blocks: np.ndarray
+    ledgers: np.ndarray
+    blocks: int
+
+
+def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthreads) -> EmulatorRun:
+    """Operands decoded for the tensor-core model, V cast to the P̄·V operand format
+    where the recipe asks, hardware-unit parameters, and the output arrays."""
+    B, H, Nq, D = q4.shape
+    Nk = k4.shape[2]
+    bn = rec.block_n
+    nblk = (Nk + bn - 1) // bn
+    BH = B * H
+    qf = q4.reshape(BH, Nq, D)
+    kT = np.ascontiguousarray(k4.reshape(BH, Nk, D).transpose(0, 2, 1))
+    vf = np.zeros((BH, nblk * bn, D), np.float32)
+    vf[:, :Nk] = v4.reshape(BH, Nk, D)
+    stages = list(rec.stages)
+    nch = max(1, min(BH * Nq, 8 * nthreads))
+    ledgers = np.zeros((nch, len(stages), NF))
+    # P̄·V operand format; V is cast to it when it differs from the input's
+    pfmt = rec.stages["P_cast"].format if not fp64 else "fp64"
+    vcast = not fp64 and pfmt != INPUT_FORMAT and pfmt != "fp32"
+    if vcast:
+        st_v = stages.index("V_cast") if "V_cast" in stages else None
+        vq = quantize(vf, pfmt, "rne", saturate=pfmt.startswith("fp8"))
+        if record and st_v is not None:
+            _ledger_cast(vf, pfmt, ledgers[0], st_v)
+        vf = vq
+    tc_qk, tc_pv, fv = _tc_models(pfmt if vcast else INPUT_FORMAT, fp64)
+    q_s, q_e, q_p = decode_operands(qf, INPUT_FORMAT)
+    k_s, k_e, k_p = decode_operands(kT, INPUT_FORMAT)
+    v_s, v_e, v_p = decode_operands(vf, fv.name)
+    tpos, tneg, ex2 = load_exp2_tables("sm90")
+    shape_keep = (lambda *s: s) if keep else (lambda *s: (1, 1, 1))
+    return EmulatorRun(
+        recipe=rec, fix=fx, scalars=rec.scalars(sc, fx, fp64), fix_kind=_fix_kind(fx), causal=causal,
+        hw=not fp64, record=record, keep=keep, Nk=Nk,
+        q=qf.astype(np.float64), q_sig=q_s, q_exp=q_e, q_spec=q_p,
+        kT=kT.astype(np.float64), kT_sig=k_s, kT_exp=k_e, kT_spec=k_p,
+        v=vf.astype(np.float64), v_sig=v_s, v_exp=v_e, v_spec=v_p,
+        plan=plan, tc_qk=tc_qk, tc_pv=tc_pv, p_mant=fv.mant_bits, p_emin=fv.emin,
+        ex2_pos=tpos, ex2_neg=tneg, ex2_params=ex2_params(ex2), arith=target(FORMATS["fp64" if fp64 else "fp32"]),
+        out=np.empty((BH, Nq, D)), m=np.empty((BH, Nq)), l=np.empty((BH, Nq)),
+        acc=np.full(shape_keep(BH, Nq, D), np.nan), m_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
+        l_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan), ledgers=ledgers, blocks=nblk)
+
+
+def _tc_models(v_fmt: str, fp64: bool):
+    """(Q·Kᵀ model tuple, P̄·V model tuple, the P̄·V operand format): each tuple is
+    (k_step, frac_bits, sum_frac_bits, operand mantissa bits) of the sm90 wgmma model."""
+    models = TC_MODELS["sm90"]
+    if not fp64 and v_fmt not in models:
+        raise ValueError(f"P̄·V operand format {v_fmt!r} has no tensor-core model; "
+                         f"accepted: {', '.join(models)}")
+    tcm_q = models[INPUT_FORMAT]
+    tcm_v = models[v_fmt] if not fp64 else tcm_q
+    fq = get_format(INPUT_FORMAT)
+    fv = get_format(v_fmt if not fp64 else INPUT_FORMAT)
+    return ((tcm_q.k_step, tcm_q.frac_bits, tcm_q.sum_frac_bits, fq.mant_bits),
+            (tcm_v.k_step, tcm_v.frac_bits, tcm_v.sum_frac_bits, fv.mant_bits), fv)
+
+
+def _shape_result(run: EmulatorRun, lse, rec, fx, shape4, squeeze, fp64, info) -> AttentionResult:
+    B, H, Nq, D = shape4
     odt = np.float64 if fp64 else np.float32
 
     def shp(a, last):
@@ -270,16 +314,15 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         return a[0, 0] if squeeze else a
 
     res = AttentionResult(
-        out=shp(out.astype(odt), D), lse=shp(lse, None), m=shp(m_out, None), l=shp(l_out, None),
-        recipe=rec, fix=fx,
-        info={"scale": sc, "causal": bool(causal), "precision": precision, "shape": shape4, "Nk": Nk,
-              "blocks": nblk})
-    if record:
-        res.ledger = RoundingLedger(stages, ledgers.sum(axis=0), {s.name: s.kind for s in rec.stages.values()})
-    if keep:
-        res.m_blocks = shp(mblk, nblk)
-        res.l_blocks = shp(lblk, nblk)
-        res.acc = shp(acc, D)
+        out=shp(run.out.astype(odt), D), lse=shp(lse, None), m=shp(run.m, None), l=shp(run.l, None),
+        recipe=rec, fix=fx, info={**info, "shape": shape4, "Nk": run.Nk, "blocks": run.blocks})
+    if run.record:
+        res.ledger = RoundingLedger(list(rec.stages), run.ledgers.sum(axis=0),
+                                    {s.name: s.kind for s in rec.stages.values()})
+    if run.keep:
+        res.m_blocks = shp(run.m_blocks, run.blocks)
+        res.l_blocks = shp(run.l_blocks, run.blocks)
+        res.acc = shp(run.acc, D)
     return res
 
 

@@ -26,7 +26,8 @@ from ..rounding import (FLAG_AWAY, FLAG_INEXACT, FLAG_NEAR_TIE, FLAG_OVERFLOW, F
                          round_bits_ledger)
 from .ledger import (F_AWAY, F_INEXACT, F_N, F_NEAR, F_NEAR_AWAY, F_OPS, F_OVER, F_SPEC, F_SUM, F_SUM2,
                      F_TIES, F_TIES_AWAY)
-from .recipes import FA2_STAGES, PAPER_STAGES
+from .families.fa2 import FA2_STAGES
+from .families.paper import PAPER_STAGES
 
 # stage indices (the ledger's rows), checked against the recipe tables below
 (FA2_S, FA2_M_SCALE, FA2_X, FA2_P, FA2_L_BLK, FA2_ALPHA_ARG, FA2_ALPHA, FA2_L, FA2_ACC_SCALE, FA2_P_CAST,

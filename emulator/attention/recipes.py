@@ -1,10 +1,10 @@
-"""Attention recipes: the exact sequence of rounding operations, one object per recipe.
+"""Attention recipes: a family's exact sequence of rounding operations with its tiles.
 
 A :class:`Recipe` is what both the emulator (``emulator.flash_attention``) and
 the Triton kernels (``gpu.flash_attention``) read: tile sizes, and for every
 rounding *stage* its output format, rounding mode and accumulation.  The op
-sequence of each recipe is written out in docs/recipes.md; the stage names
-below are the ledger's rows.
+sequence of each family is written out in docs/recipes.md; its stage table
+(``families/<family>.py``) gives the ledger's rows.
 
 Stage overrides (``recipe.with_overrides({"P_cast": {"rounding": "sr"}})``)
 are the tool for stage ablation: switch one stage to fp32, to stochastic
@@ -18,105 +18,9 @@ from dataclasses import dataclass, field, replace
 
 from ..formats import get_format
 from ..rounding import RoundMode
+from .stages import StageSpec
 
-__all__ = ["StageSpec", "Recipe", "Fix", "RECIPES", "get_recipe", "get_fix", "FIXES"]
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """One rounding stage: what it computes, into which format, how it rounds.
-
-    ``kind``: ``round`` (an IEEE-style rounding of an exactly computed value),
-    ``approx`` (a hardware approximation, e.g. MUFU.EX2: the ledger records
-    its error against the exact function), ``tensor_core`` (a wgmma chain: the
-    error against the exact dot product), ``sum`` (a fixed-order fp32 tree of
-    additions, each one a rounding).
-    ``formats``: formats a user may choose for this stage (empty: fixed).
-    ``roundings``: rounding modes a user may choose (empty: fixed).
-    ``accumulations``: ``plain`` and, for running bf16 accumulators,
-    ``compensated`` (Kahan–Neumaier with a compensation term in the same
-    format).
-    ``exact`` (ablation, emulator only): a ``tensor_core``/``approx``/``sum``
-    stage computed exactly and rounded once to its format (IEEE fp32) instead of
-    by the hardware unit.  A ``round`` stage is ablated with ``format="fp64"``.
-    """
-
-    name: str
-    doc: str
-    kind: str = "round"
-    format: str = "fp32"
-    rounding: str = "rne"
-    accumulation: str = "plain"
-    formats: tuple = ()
-    roundings: tuple = ()
-    accumulations: tuple = ("plain",)
-    rand_bits: int = 16
-    exact: bool = False
-
-
-_CASTS = ("bf16", "fp16", "fp8_e4m3", "fp8_e5m2", "fp32")
-_ROUNDINGS = ("rne", "rna", "rz", "ru", "rd", "sr")
-
-
-def _stages(*specs):
-    return {s.name: s for s in specs}
-
-
-FA2_STAGES = _stages(
-    StageSpec("S", "S = Q·Kᵀ on tensor cores (wgmma chain, fp32 accumulator from +0)", "tensor_core"),
-    StageSpec("m_scale", "t = fl32(rowmax(S) · c), c = fl32(scale·log2 e)"),
-    StageSpec("x", "x = fma(S, c, −m_new): the exp2 argument (one fp32 rounding)"),
-    StageSpec("P", "P̄ = ex2.approx.ftz(x) (MUFU.EX2)", "approx"),
-    StageSpec("l_blk", "l_blk = rowsum(P̄): fp32 additions in the wgmma lane-tree order", "sum"),
-    StageSpec("alpha_arg", "m_old − m_new (fp32)"),
-    StageSpec("alpha", "α = ex2.approx.ftz(m_old − m_new)", "approx"),
-    StageSpec("l", "l = fma(l, α, l_blk)"),
-    StageSpec("acc_scale", "acc = fl32(acc · α)"),
-    # no fp32 here: P̄·V runs on tensor cores, whose operands are 16- or 8-bit
-    StageSpec("P_cast", "P̄ → the P̄V operand format (bf16; fp8 as FlashAttention-3)",
-              format="bf16", formats=("bf16", "fp16", "fp8_e4m3", "fp8_e5m2"), roundings=_ROUNDINGS),
-    StageSpec("V_cast", "V → fp8 (only when P_cast is fp8: satfinite RNE, as cvt.rn.satfinite)",
-              format="same_as_P", roundings=()),
-    StageSpec("PV", "acc = P̄·V + acc on tensor cores (wgmma chain)", "tensor_core"),
-    StageSpec("div", "O = acc / l (div.rn.f32, IEEE)"),
-    StageSpec("O_cast", "O → output format", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-)
-
-PAPER_STAGES = _stages(
-    StageSpec("S", "S = Q·Kᵀ on tensor cores (fp32 accumulator from +0)", "tensor_core"),
-    StageSpec("S_cast", "einsum output → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("s", "s = fl32(S · scale)"),
-    StageSpec("s_cast", "s → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("thr", "fix threshold bm − ε (fp32, then bf16)", format="bf16", formats=_CASTS),
-    StageSpec("d", "d = s − m_new (fp32)"),
-    StageSpec("d_cast", "d → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("e_arg", "d · log2e (fp32; tl.exp's multiply)"),
-    StageSpec("P", "P̄ = ex2.approx.f32(d · log2e) (non-FTZ)", "approx"),
-    StageSpec("P_cast", "P̄ → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("l_blk", "rowsum(P̄) in fp32, lane-tree order", "sum"),
-    StageSpec("l_blk_cast", "rowsum → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("a_arg", "m_old − m_new (fp32)"),
-    StageSpec("a_arg_cast", "→ bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("a_e_arg", "· log2e (fp32)"),
-    StageSpec("alpha", "α = ex2.approx.f32 (non-FTZ)", "approx"),
-    StageSpec("alpha_cast", "α → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("l_mul", "α · l (fp32)"),
-    StageSpec("l_mul_cast", "→ bf16 (running row sum)", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("l_add", "α·l + l_blk (fp32)"),
-    StageSpec("l_add_cast", "→ bf16 (running row sum)", format="bf16", formats=_CASTS, roundings=_ROUNDINGS,
-              accumulations=("plain", "compensated")),
-    StageSpec("PV", "P̄·V on tensor cores (fp32 accumulator from +0)", "tensor_core"),
-    StageSpec("PV_cast", "einsum output Ō_blk → bf16", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("O_mul", "α · O (fp32)"),
-    StageSpec("O_mul_cast", "→ bf16 (running output)", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-    StageSpec("O_add", "α·O + Ō_blk (fp32)"),
-    StageSpec("O_add_cast", "→ bf16 (running output)", format="bf16", formats=_CASTS, roundings=_ROUNDINGS,
-              accumulations=("plain", "compensated")),
-    StageSpec("comp", "compensation terms of compensated accumulation (fp32, then the accumulator's format)",
-              format="same_as_acc"),
-    StageSpec("div", "O / l (div.rn.f32)"),
-    StageSpec("O_cast", "O → output format", format="bf16", formats=_CASTS, roundings=_ROUNDINGS),
-)
+__all__ = ["StageSpec", "Recipe", "Fix", "RECIPES", "get_recipe", "get_fix", "FIXES", "NUM_WARPS"]
 
 
 # warps per program a recipe may name (the kernels' warpgroups: one or two)
@@ -166,19 +70,65 @@ FIXES = ("paper", "offset")
 
 @dataclass(frozen=True)
 class Recipe:
-    """An attention recipe: tiles and the per-stage rounding plan.
+    """An attention recipe: a family's op sequence, its tiles and per-stage rounding plan.
 
-    ``block_m``: query rows per program (GPU layout only; it also decides
+    ``family``: the op sequence (``fa2``, ``paper``: families/), which decides
+    which kernel runs on either side, the domain, the kernel constants and the
+    lse formula (the properties below).  ``block_m``: query rows per program (GPU layout only; it also decides
     which key blocks a causal row visits); ``block_n``: keys per online-softmax
     step (changes the arithmetic); ``num_warps``: warps per program (decides the
     reduction tree of row sums, with the wgmma layout: 16 rows per warp).
     """
 
     name: str
+    family: str
     block_m: int
     block_n: int
     num_warps: int
     stages: dict = field(default_factory=dict)
+
+    # -- what the family says (families/__init__.py): both sides read these ------------
+    @property
+    def spec(self):
+        """The :class:`~flashbits.emulator.attention.families.Family` this recipe belongs to."""
+        from .families import get_family
+
+        return get_family(self.family)
+
+    @property
+    def domain(self) -> str:
+        """``log2`` or ``ln``: the domain of the running max m and of the fix's ε, δ."""
+        return self.spec.domain
+
+    def scalars(self, scale: float, fix=None, fp64: bool = False):
+        """The fp32 kernel constants (families.KernelScalars) for ``scale`` and ``fix``."""
+        return self.spec.scalars(scale, fix, fp64)
+
+    def lse(self, m, l, log=None):
+        """log-sum-exp in nats from the final m and l (``log``: np.log or torch.log)."""
+        return self.spec.lse(m, l) if log is None else self.spec.lse(m, l, log)
+
+    @property
+    def compared_tensors(self) -> dict:
+        """{launch kind: tensors the crosscheck compares}, production and dump."""
+        return dict(self.spec.compared)
+
+    @property
+    def rounding_stages(self) -> tuple:
+        """The stages the ``rounding=`` shorthand sets (the P̄ and output casts)."""
+        return ("P_cast", "O_cast")
+
+    def configured(self, overrides=None, rounding=None, **tiles) -> "Recipe":
+        """This recipe with stage ``overrides``, the ``rounding`` shorthand applied to
+        :attr:`rounding_stages` (it wins over an override's rounding there), and tile
+        changes (block_m=, block_n=, num_warps=; None means unchanged)."""
+        ov = {k: dict(v) if isinstance(v, dict) else v for k, v in (overrides or {}).items()}
+        if rounding is not None:
+            for st in self.rounding_stages:
+                base = ov.get(st, {})
+                ov[st] = {**base, "rounding": rounding} if isinstance(base, dict) else base
+        tiles = {k: int(v) for k, v in tiles.items() if v is not None}
+        return self.with_overrides(ov, **tiles) if (ov or tiles) else self
 
     def stage(self, name: str) -> StageSpec:
         try:
@@ -235,6 +185,7 @@ class Recipe:
         return r
 
     def validate(self):
+        self.spec  # noqa: B018 - an unknown family raises here, naming the known ones
         for v, what in ((self.block_m, "block_m"), (self.block_n, "block_n")):
             if v not in (16, 32, 64, 128):
                 raise ValueError(f"{what} must be 16, 32, 64 or 128, got {v}")
@@ -249,10 +200,15 @@ class Recipe:
                  "accumulation": s.accumulation, "what": s.doc} for s in self.stages.values()]
 
 
-RECIPES = {
-    "fa2": Recipe("fa2", block_m=128, block_n=64, num_warps=8, stages=FA2_STAGES),
-    "paper": Recipe("paper", block_m=64, block_n=64, num_warps=4, stages=PAPER_STAGES),
-}
+def _family_recipes() -> dict:
+    from .families import FAMILIES
+
+    return {name: Recipe(name, family=name, block_m=f.block_m, block_n=f.block_n, num_warps=f.num_warps,
+                         stages=f.stages) for name, f in FAMILIES.items()}
+
+
+# one recipe per family, named as the family, with the family's stage plan and tiles
+RECIPES = _family_recipes()
 
 
 def get_recipe(recipe) -> Recipe:

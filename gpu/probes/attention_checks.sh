@@ -23,14 +23,14 @@ export PYTHONPATH=${PYTHONPATH:-.} PYTHONUNBUFFERED=1
 cc() {  # crosscheck into $OUT/$1 with the remaining arguments
   local d=$OUT/$1; shift
   mkdir -p "$d"
-  timeout "${CAP:-420}" python -m crosscheck.cli crosscheck --cases "$CASES" --workers "$WORKERS" \
+  timeout "${CAP:-420}" python -m flashbits.crosscheck.cli crosscheck --cases "$CASES" --workers "$WORKERS" \
     --out "$d" --record "$d" --record-cases 3 "$@" 2>&1 | tee "/tmp/$(basename "$d").log" | tail -n 25
 }
 for step in "$@"; do
   t0=$(date +%s)
   case $step in
     bench) mkdir -p "$OUT/bench"
-           timeout "${CAP:-300}" python -m gpu.bench --json "$OUT/bench/bench.json" ${BENCH_ARGS:-} 2>&1 \
+           timeout "${CAP:-300}" python -m flashbits.gpu.bench --json "$OUT/bench/bench.json" ${BENCH_ARGS:-} 2>&1 \
              | tail -n 30 ;;
     fa2) cc fa2 --recipes fa2 ;;
     fa2nofix) cc fa2nofix --recipes fa2 --fixes none ;;
@@ -38,7 +38,7 @@ for step in "$@"; do
     paperfix) cc paperfix --recipes paper --fixes paper ;;
     papernofix) cc papernofix --recipes paper --fixes none ;;
     bias) mkdir -p "$OUT/bias"
-          timeout "${CAP:-300}" python -m gpu.probes.bias_confirm "$OUT/bias/bias_gpu_confirmation.json" \
+          timeout "${CAP:-300}" python -m flashbits.gpu.probes.bias_confirm "$OUT/bias/bias_gpu_confirmation.json" \
             "$OUT/bias/attention_bias_golden.npz" 2>&1 ;;
     *) echo "unknown step $step (bench, fa2, fa2nofix, fa2fix, paperfix, papernofix, bias)"; exit 2 ;;
   esac

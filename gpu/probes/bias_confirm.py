@@ -2,7 +2,7 @@
 kernels support is run through the kernel on the H200 and compared bit for bit with
 the emulator on the same inputs (production launch: out, m, l).
 
-    PYTHONPATH=. python -m gpu.probes.bias_confirm OUT.json [RECORD.npz]
+    PYTHONPATH=. python -m flashbits.gpu.probes.bias_confirm OUT.json [RECORD.npz]
 
 Every fix (none, paper β = 2, 4, 8) with rne and with sr of the P̄ and output casts.
 """
@@ -13,11 +13,11 @@ import json
 import sys
 import time
 
-from crosscheck.compare import compare_sides
-from crosscheck.record import save_record
-from crosscheck.regimes import REGIMES, regime_case, regime_inputs
-from crosscheck.sides import Config, emulator_side, gpu_side
-from gpu.probes.provenance import provenance
+from flashbits.crosscheck.compare import compare_sides
+from flashbits.crosscheck.record import save_record
+from flashbits.crosscheck.regimes import REGIMES, regime_case, regime_inputs
+from flashbits.crosscheck.sides import Config, emulator_side, gpu_side
+from flashbits.gpu.probes.provenance import provenance
 
 FIXES = [(None, 2.0), ("paper", 2.0), ("paper", 4.0), ("paper", 8.0)]
 # cells whose inputs and GPU bits are kept as a golden record (CI replays them)

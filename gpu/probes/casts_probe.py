@@ -18,8 +18,8 @@ import triton.language as tl
 # "cpu" only for smoke tests under TRITON_INTERPRET=1 (semantics, never bits)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-from emulator import from_bits, quantize
-from emulator.philox import philox_words
+from flashbits.emulator import from_bits, quantize
+from flashbits.emulator.philox import philox_words
 
 CHUNK = 1 << 28
 TOTAL = 1 << 32  # inputs covered: every float32 bit pattern

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from emulator import FORMATS, quantize
+from flashbits.emulator import FORMATS, quantize
 
 KINDS = ("random", "wide", "cancel", "subnormal", "special", "zeros", "negzero", "overflow", "sparse")
 TILE = 64

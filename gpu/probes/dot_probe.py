@@ -20,9 +20,9 @@ import triton.language as tl
 # "cpu" only for smoke tests under TRITON_INTERPRET=1 (semantics, never bits)
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-from emulator import to_bits
-from emulator.hw.tensor_core import tensor_core_dot
-from gpu.probes.dot_cases import KINDS, TILE, make_case
+from flashbits.emulator import to_bits
+from flashbits.emulator.hw.tensor_core import tensor_core_dot
+from flashbits.gpu.probes.dot_cases import KINDS, TILE, make_case
 
 TORCH_DTYPE = {
     "bf16": torch.bfloat16,

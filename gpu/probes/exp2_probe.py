@@ -203,7 +203,7 @@ def run(out: dict, log, golden_n: int = 1 << 17):
     }
     # pass 2: the emulator's code (emulator.hw.sfu) with these tables, on the CPU cores
     try:
-        from emulator.hw.sfu import exp2_table_model
+        from flashbits.emulator.hw.sfu import exp2_table_model
     except Exception as e:  # noqa: BLE001
         out["exp2"]["cpu_model"] = f"not run: {e!r}"
     else:
@@ -274,7 +274,7 @@ def _mathexp2_of(x):
 def verify(out: dict, log):
     """The installed model (emulator.sfu_exp2 with its package tables) against the
     hardware on all 2^32 inputs, both modes, raw bits (NaN code included)."""
-    from emulator.hw.sfu import sfu_exp2
+    from flashbits.emulator.hw.sfu import sfu_exp2
 
     t0 = time.time()
     mism = {"ftz": 0, "nonftz": 0}

@@ -1,8 +1,8 @@
 """Install GPU outputs into the repository.
 
-    PYTHONPATH=. python -m gpu.probes.install_records OUTDIR
-    PYTHONPATH=. python -m gpu.probes.install_records --attention OUTDIR [OUTDIR...]
-    PYTHONPATH=. python -m gpu.probes.install_records --tiles OUTDIR [OUTDIR...]
+    PYTHONPATH=. python -m flashbits.gpu.probes.install_records OUTDIR
+    PYTHONPATH=. python -m flashbits.gpu.probes.install_records --attention OUTDIR [OUTDIR...]
+    PYTHONPATH=. python -m flashbits.gpu.probes.install_records --tiles OUTDIR [OUTDIR...]
 
 The first form takes ``gpu.probes.run_all``'s output: it copies the golden
 records into ``tests/data/hw/`` and turns the captured MUFU.EX2 tables into the
@@ -36,7 +36,7 @@ RECORDS = ("exp2_golden.npz", "dot_golden.npz", "casts_golden.npz")
 
 
 def install(outdir: str) -> None:
-    from emulator.hw.sfu import DATA, delta_encode, _undelta
+    from flashbits.emulator.hw.sfu import DATA, delta_encode, _undelta
 
     hw = os.path.join(ROOT, "tests", "data", "hw")
     os.makedirs(hw, exist_ok=True)
@@ -71,7 +71,7 @@ def install_attention(outdirs: list[str], record: str = "attention_golden.npz", 
     """Crosscheck reports as tests/data/hw/crosscheck/<prefix><step>.{md,json}, the
     steps' records merged into tests/data/hw/<record>, and the bench and bias
     steps' files where they belong."""
-    from crosscheck.record import load_record, save_record
+    from flashbits.crosscheck.record import load_record, save_record
 
     hw = os.path.join(ROOT, "tests", "data", "hw")
     reports = os.path.join(hw, "crosscheck")

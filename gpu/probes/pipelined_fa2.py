@@ -1,8 +1,8 @@
 """Experiment: the fa2 kernel with the P·V product of block j−1 in flight during
 block j's softmax (FlashAttention-3's intra-warpgroup overlap), in plain Triton.
 
-    PYTHONPATH=. python -m gpu.probes.pipelined_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m gpu.probes.pipelined_fa2 --ptx                # compiler view, no GPU
+    PYTHONPATH=. python -m flashbits.gpu.probes.pipelined_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m flashbits.gpu.probes.pipelined_fa2 --ptx                # compiler view, no GPU
 
 Same operations, same order per element as ``gpu.kernels._fa2_fwd`` (so the
 same bits: checked here on every element against the production kernel, which
@@ -38,8 +38,8 @@ import sys
 import triton
 import triton.language as tl
 
-from gpu.kernels import _fa2_softmax, _p_cast
-from gpu.probes.same_bits import Tally, probe_inputs, write_record
+from flashbits.gpu.kernels import _fa2_softmax, _p_cast
+from flashbits.gpu.probes.same_bits import Tally, probe_inputs, write_record
 
 _PK_N = 8
 _PK = tl.constexpr(_PK_N)
@@ -62,7 +62,7 @@ def _pipelined_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, 
             Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
             FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr,
             STEP: tl.constexpr = None):
-    """gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax
+    """flashbits.gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax
     (_fa2_softmax, then the rescale fused with the wait: STEP, the production
     step, is split here, so the kernel's STEP argument is not used)."""
     if hi > lo:
@@ -128,13 +128,13 @@ class _use_pipelined:
             return lambda *args, **kw: launch(*args, BLOCKS=_pipelined_blocks, **kw)
 
     def __enter__(self):
-        from gpu import kernels
+        from flashbits.gpu import kernels
 
         self._saved = kernels._fa2_fwd
         kernels._fa2_fwd = self._Launcher(self._saved)
 
     def __exit__(self, *exc):
-        from gpu import kernels
+        from flashbits.gpu import kernels
 
         kernels._fa2_fwd = self._saved
 
@@ -161,7 +161,7 @@ def compiler_report(fix=False, D=128):
     serialised the wgmmas (C7514, C7515), and per P·V wgmma group the ex2 count between
     its issue and the next wait in the PTX (what Triton emitted) and in the SASS
     (what ptxas kept; it places waits of its own)."""
-    from gpu.probes.resources import compile_kernel, ptxas_report, sass_text, wgmma_serialised
+    from flashbits.gpu.probes.resources import compile_kernel, ptxas_report, sass_text, wgmma_serialised
 
     k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=fix, extra={"BLOCKS": _pipelined_blocks})
     ptx = k.asm["ptx"].splitlines()
@@ -182,7 +182,7 @@ def compiler_report(fix=False, D=128):
 
 def check_bits(rows):
     """Every element of out, m, l (and the dumps) equal to the production kernel's."""
-    from gpu import flash_attention
+    from flashbits.gpu import flash_attention
 
     tally = Tally(rows)
     for B, H, Nq, Nk, D, kind, q, k, v in probe_inputs(("random", "ties")):
@@ -201,8 +201,8 @@ def check_bits(rows):
 def bench(reps=3):
     import torch
 
-    from gpu import flash_attention
-    from gpu.bench import time_forward
+    from flashbits.gpu import flash_attention
+    from flashbits.gpu.bench import time_forward
 
     B, H, N, D = 8, 16, 4096, 128
     torch.manual_seed(0)

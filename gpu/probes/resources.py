@@ -1,6 +1,6 @@
 """Registers, spills and shared memory of the kernels, compiled for sm_90 on the CPU.
 
-    PYTHONPATH=. python -m gpu.probes.resources [--variants 128x64w8s3,64x64w4s3] [--D 128] [--sass]
+    PYTHONPATH=. python -m flashbits.gpu.probes.resources [--variants 128x64w8s3,64x64w4s3] [--D 128] [--sass]
 
 No GPU needed: ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` runs ptxas
 locally.  A tile that spills (local memory traffic in the inner loop) is slow
@@ -35,7 +35,7 @@ _DIV16_STRIDE = re.compile(r"s[qkvo][bhmn]")
 def runtime_params(name):
     """The kernel's arguments that stay runtime parameters under that specialisation,
     in order (the .param list of its PTX)."""
-    from gpu import kernels
+    from flashbits.gpu import kernels
 
     return [p.name for p in getattr(kernels, name).params if not p.is_constexpr and p.name not in UNIT_STRIDES]
 
@@ -50,7 +50,7 @@ def compile_kernel(name, D, BM, BN, warps, stages, fix=False, psr=False, osr=Fal
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from gpu import kernels
+    from flashbits.gpu import kernels
 
     fn = getattr(kernels, name)
     consts = dict(HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, FIX=fix, P_SR=psr, O_SR=osr, DUMP=dump, **(extra or {}))

@@ -1,6 +1,6 @@
 """Regenerate every hardware measurement and golden record, in one GPU call.
 
-    FLASHBITS_COMMIT=$(git rev-parse HEAD) PYTHONPATH=. python -m gpu.probes.run_all OUTDIR
+    FLASHBITS_COMMIT=$(git rev-parse HEAD) PYTHONPATH=. python -m flashbits.gpu.probes.run_all OUTDIR
 
 writes into OUTDIR:
 
@@ -28,7 +28,7 @@ import traceback
 
 import numpy as np
 
-from gpu.probes.provenance import provenance
+from flashbits.gpu.probes.provenance import provenance
 
 
 def main(argv=None):
@@ -62,8 +62,8 @@ def main(argv=None):
 
     if "exp2" in probes:
         try:
-            from emulator.hw.sfu import delta_encode
-            from gpu.probes import exp2_probe
+            from flashbits.emulator.hw.sfu import delta_encode
+            from flashbits.gpu.probes import exp2_probe
 
             arrays = exp2_probe.run(summary, log)
             params = dict(summary["exp2"]["chosen_params"])
@@ -83,7 +83,7 @@ def main(argv=None):
         dump_summary()
     if "exp2_verify" in probes:
         try:
-            from gpu.probes import exp2_probe
+            from flashbits.gpu.probes import exp2_probe
 
             exp2_probe.verify(summary, log)
         except Exception:
@@ -92,7 +92,7 @@ def main(argv=None):
         dump_summary()
     if "dots" in probes:
         try:
-            from gpu.probes import dot_probe
+            from flashbits.gpu.probes import dot_probe
 
             arrays = dot_probe.run(summary, log)
             save("dot_golden.npz", {k: v for k, v in arrays.items() if k.startswith("golden_")})
@@ -106,7 +106,7 @@ def main(argv=None):
         dump_summary()
     if "casts" in probes:
         try:
-            from gpu.probes import casts_probe
+            from flashbits.gpu.probes import casts_probe
 
             save("casts_golden.npz", casts_probe.run(summary, log))
         except Exception:

@@ -26,8 +26,8 @@ Two variants (STEPS): ``top2`` takes the plain max from the fold's first slot,
 ``count`` takes it from its own max reduction and decides n > 1 by counting
 the scores at or above the threshold.
 
-    PYTHONPATH=. python -m gpu.probes.speculative_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m gpu.probes.speculative_fa2 --sass               # compile for sm_90 here
+    PYTHONPATH=. python -m flashbits.gpu.probes.speculative_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m flashbits.gpu.probes.speculative_fa2 --sass               # compile for sm_90 here
 
 A negative result.  On the H200 (benchmarks/results/h200_speculative_fa2.json)
 both variants are bit-identical to the production kernel (96 launches,
@@ -48,8 +48,8 @@ import sys
 import triton
 import triton.language as tl
 
-from gpu.kernels import _fa2_alpha, _fa2_l_update, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
-from gpu.probes.same_bits import Tally, probe_inputs, write_record
+from flashbits.gpu.kernels import _fa2_alpha, _fa2_l_update, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
+from flashbits.gpu.probes.same_bits import Tally, probe_inputs, write_record
 
 # The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
 # accumulator layout gives each thread two rows (r, r + 8) × 16 columns.  Its
@@ -111,7 +111,7 @@ def _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale):
 
 @triton.jit
 def _step_top2(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
-    """gpu.kernels._fa2_step, the unmasked fix step reordered: the plain max from
+    """flashbits.gpu.kernels._fa2_step, the unmasked fix step reordered: the plain max from
     the top-2 fold's first slot."""
     if FIX and not MASKED:
         bm, two = _top2_block_max(qk, qk_scale, eps2)
@@ -164,13 +164,13 @@ class _use_step:
         self.step = STEPS[name]
 
     def __enter__(self):
-        from gpu import kernels
+        from flashbits.gpu import kernels
 
         self._saved = kernels._fa2_fwd
         kernels._fa2_fwd = self._Launcher(self._saved, self.step)
 
     def __exit__(self, *exc):
-        from gpu import kernels
+        from flashbits.gpu import kernels
 
         kernels._fa2_fwd = self._saved
 
@@ -184,7 +184,7 @@ def compiler_report(D=128):
     variants also whether the redo's test covers every row its thread holds
     (from the LLVM IR: the moved-flags of elements _ROW_REPS take every distinct
     value among the thread's flags)."""
-    from gpu.probes.resources import (
+    from flashbits.gpu.probes.resources import (
         compile_kernel,
         ptxas_report,
         sass_loops,
@@ -240,7 +240,7 @@ def check_bits(rows):
     gpu.kernels._fa2_step itself): random data, tied data (the fix fires in most
     rows) and near ties (in a few), causal and not, rne without dumps and sr
     with them."""
-    from gpu import flash_attention
+    from flashbits.gpu import flash_attention
 
     tally = Tally(rows)
     for B, H, Nq, Nk, D, kind, q, k, v in probe_inputs(("random", "ties", "near-ties")):
@@ -260,8 +260,8 @@ def bench(reps=3):
     and not, interleaved per rep; fix costs per rep against the same kernel."""
     import torch
 
-    from gpu import flash_attention
-    from gpu.bench import time_forward
+    from flashbits.gpu import flash_attention
+    from flashbits.gpu.bench import time_forward
 
     B, H, N, D = 8, 16, 4096, 128
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ tiles=$(python -c "import sys; from crosscheck.sides import other_tiles; print('
 half=$(( $(nproc) / 2 ))
 run() {  # run NAME FIX ROUNDING
   mkdir -p "$OUT/$1"
-  timeout "${CAP:-540}" python -m crosscheck.cli crosscheck --recipes "$recipe" --fixes "$2" --roundings "$3" \
+  timeout "${CAP:-540}" python -m flashbits.crosscheck.cli crosscheck --recipes "$recipe" --fixes "$2" --roundings "$3" \
     --tiles "$tiles" --cases "${CASES:-48}" --workers "$half" --out "$OUT/$1" --record "$OUT/$1" \
     --record-cases 1 > "$OUT/$1/log.txt" 2>&1
   echo "== $1: exit $? (0: every bit equal)"

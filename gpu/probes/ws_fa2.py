@@ -20,8 +20,8 @@ run checks and times every one beside the production kernel:
   threshold (one ALU op per score, ``set.ge``, plus two on the FMA pipe) instead
   of the top-2 fold (two ALU ops per score): the same decision, the same bits.
 
-    PYTHONPATH=. python -m gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
+    PYTHONPATH=. python -m flashbits.gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m flashbits.gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
     OUT=dir bash gpu/probes/profile_ws_fa2.sh                     # Nsight Compute, on the GPU
 
 Scope: non-causal, Nq = Nk a multiple of 128, head dim 128, round to nearest,
@@ -49,8 +49,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
-from gpu.probes.same_bits import bits_equal
+from flashbits.gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
+from flashbits.gpu.probes.same_bits import bits_equal
 
 BLOCK_M = 128   # N must be a multiple of this (two consumer warpgroups of 64 rows)
 BLOCK_N = 64    # keys per block (the recipe's block_n)
@@ -88,7 +88,7 @@ _l = gluon.jit(_fa2_l.fn)
 
 @gluon.jit
 def _row_max_count(qk, m_i, qk_scale, eps2, beta):
-    """gpu.kernels._fa2_row_max (unmasked, with the fix) deciding n > 1 by counting
+    """flashbits.gpu.kernels._fa2_row_max (unmasked, with the fix) deciding n > 1 by counting
     the scores with fl(s·c) >= thr, as the masked loop does: ``set.ge.f32.f32``
     writes 1.0 or 0.0 (0.0 for NaN, as the compare is ordered) and the row sum
     of those is exact.  The same decision as the top-2 fold, with one ALU
@@ -443,7 +443,7 @@ def ws_flash_attention(q, k, v, fix=None, schedule="free"):
     B, H, N, D = q.shape
     if D != HEAD_DIM or N % BLOCK_M or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"ws_fa2 covers (B, H, N, {HEAD_DIM}) with N a multiple of {BLOCK_M}; got {tuple(q.shape)}")
-    from emulator.attention.recipes import get_fix
+    from flashbits.emulator.attention.recipes import get_fix
 
     fx = get_fix(fix, None, None)
     qk_scale = float(np.float32((1.0 / math.sqrt(D)) * 1.4426950408889634))
@@ -484,7 +484,7 @@ def check_bits():
     """out, m, l equal to the production kernel's on every element."""
     import torch
 
-    from gpu import flash_attention
+    from flashbits.gpu import flash_attention
 
     g = torch.Generator(device="cuda").manual_seed(2)
     res = {"launches": 0, "elements": 0, "mismatching_launches": 0, "mismatches": []}
@@ -516,8 +516,8 @@ def check_bits():
 def bench(reps=3):
     import torch
 
-    from gpu import flash_attention
-    from gpu.bench import time_forward
+    from flashbits.gpu import flash_attention
+    from flashbits.gpu.bench import time_forward
 
     B, H, N, D = 8, 16, 4096, HEAD_DIM
     torch.manual_seed(0)
@@ -555,7 +555,7 @@ def main(argv=None):
         torch.cuda.synchronize()
         return 0
     if args.ptx:
-        from gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
+        from flashbits.gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
 
         for schedule in SCHEDULES:
             for fix in (False, True):
@@ -571,7 +571,7 @@ def main(argv=None):
     bits = check_bits()
     perf = bench(args.reps) if bits["mismatching_launches"] == 0 else []
     if args.json:
-        from gpu.probes.provenance import provenance
+        from flashbits.gpu.probes.provenance import provenance
 
         with open(args.json, "w") as f:
             json.dump({"provenance": provenance(), "bits_vs_production": bits, "bench": perf}, f, indent=1)

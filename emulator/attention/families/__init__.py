@@ -1,0 +1,125 @@
+"""The registry of recipe families: one module per family, one line each here.
+
+A *family* is one op sequence of flash attention (``fa2``: FlashAttention-2 /
+the Triton tutorial; ``paper``: the paper's every-tensor-bf16 reference); a
+*recipe* (:class:`~flashbits.emulator.attention.recipes.Recipe`) is a family
+with its tiles and per-stage rounding plan, possibly overridden.  What both
+sides need to know about a family lives on its :class:`Family` object, so no
+code outside the family modules and this registry branches on a recipe's
+name:
+
+* ``stages`` (the rounding plan, the ledger's rows), tile defaults;
+* ``domain``: ``log2`` (scores scaled by scale·log2 e, exp2 units) or ``ln``
+  (natural-log domain, exp = exp2 of x·log2 e);
+* :meth:`Family.scalars`: the fp32 constants the kernels take (scale, the
+  fix's ε, β, δ in the family's domain), derived once for both sides;
+* :meth:`Family.lse`: log-sum-exp in nats from the final m and l;
+* ``compared``: the tensors the crosscheck compares per launch kind;
+* ``emulate``: the emulator's kernel driver; ``gpu_module``: the module of
+  ``flashbits.gpu`` that holds the family's Triton kernel (imported only by
+  the GPU side, so the emulator never needs torch).
+
+Adding a family = a module here that builds a :class:`Family` and registers it
+(a line in ``_MODULES``), and a kernel module under ``gpu/kernels/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["Family", "KernelScalars", "FAMILIES", "get_family", "DOMAINS", "LOG2E", "LN2"]
+
+LOG2E = 1.4426950408889634   # log2 e as a float64 (rounded to fp32 where a kernel uses it)
+LN2 = math.log(2.0)
+DOMAINS = ("log2", "ln")
+
+# tensors of one attention run as the crosscheck compares them, in the order a
+# mismatch is located (earliest stage first)
+PRODUCTION_TENSORS = ("m", "l", "out")
+DUMP_TENSORS = ("m_blocks", "l_blocks", "acc", "m", "l", "out")
+
+
+def _fl32(x: float) -> float:
+    return float(np.float32(x))
+
+
+@dataclass(frozen=True)
+class KernelScalars:
+    """The scalar constants a family's kernel takes, as both sides pass them.
+
+    ``qk_scale`` multiplies the fp32 scores S: fl32(scale·log2 e) in the log2
+    domain, fl32(scale) in the ln domain.  ``eps`` and ``delta`` are the paper
+    fix's threshold ε and the offset fix's shift δ in the same domain (fl32 of
+    ε·log2 e, resp. ε), ``beta`` is fl32(β).  Without a fix: eps = delta = 0,
+    beta = 1.  With ``fp64`` (the emulator's every-stage-in-float64 mode)
+    nothing is rounded to fp32.
+    """
+
+    qk_scale: float
+    eps: float
+    beta: float
+    delta: float
+
+
+@dataclass(frozen=True, eq=False)
+class Family:
+    """Everything the emulator, the GPU side and the crosscheck need to know about
+    one recipe family (module docstring)."""
+
+    name: str
+    doc: str
+    domain: str
+    stages: dict
+    block_m: int
+    block_n: int
+    num_warps: int
+    emulate: Callable
+    gpu_module: str
+    compared: dict = field(default_factory=lambda: {"production": PRODUCTION_TENSORS, "dump": DUMP_TENSORS})
+
+    def __post_init__(self):
+        if self.domain not in DOMAINS:
+            raise ValueError(f"family {self.name!r}: domain must be one of {DOMAINS}, got {self.domain!r}")
+
+    def scalars(self, scale: float, fix=None, fp64: bool = False) -> KernelScalars:
+        """The kernel constants for softmax ``scale`` and ``fix`` (a recipes.Fix or None)."""
+        to_kernel = (lambda x: float(x)) if fp64 else _fl32
+        k = LOG2E if self.domain == "log2" else 1.0
+        if fix is None:
+            return KernelScalars(to_kernel(scale * k), 0.0, 1.0, 0.0)
+        return KernelScalars(to_kernel(scale * k), to_kernel(fix.eps * k), to_kernel(fix.beta),
+                             to_kernel(fix.delta * k))
+
+    def lse(self, m, l, log=np.log):
+        """log-sum-exp per row in nats from the final running max m (in the family's
+        domain) and row sum l; ``log`` is the array library's log (np.log, torch.log)."""
+        if self.domain == "log2":
+            return m * LN2 + log(l)
+        return m + log(l)
+
+    def gpu_kernels(self):
+        """The family's module of ``flashbits.gpu.kernels`` (needs torch + triton)."""
+        return importlib.import_module(self.gpu_module)
+
+
+# the family modules, in the order recipes are listed
+_MODULES = ("fa2", "paper")
+
+FAMILIES: dict[str, Family] = {}
+for _name in _MODULES:
+    _fam = importlib.import_module(f"{__name__}.{_name}").FAMILY
+    if _fam.name != _name:
+        raise RuntimeError(f"family module {_name} defines family {_fam.name!r}")
+    FAMILIES[_name] = _fam
+
+
+def get_family(name: str) -> Family:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown recipe family {name!r}; accepted: {', '.join(FAMILIES)}") from None
