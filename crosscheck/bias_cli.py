@@ -8,12 +8,14 @@ import platform
 import subprocess
 import sys
 
+from flashbits.emulator import RECIPES
+
 from .bias_study import FIX_SPECS, ROUNDINGS, plots, run_grid, to_markdown, worked_example
 from .regimes import REGIMES, ROWS
 
-QUICK = dict(regimes=("random", "ties-12", "ties-15"), recipes=("paper", "fa2"),
+QUICK = dict(regimes=("random", "ties-12", "ties-15"), recipes=tuple(RECIPES),
              fixes=("none", "paper-b2", "offset"), roundings=("rne", "sr", "fp32-O+l"))
-FULL = dict(regimes=tuple(REGIMES), recipes=("paper", "fa2"), fixes=tuple(FIX_SPECS), roundings=ROUNDINGS)
+FULL = dict(regimes=tuple(REGIMES), recipes=tuple(RECIPES), fixes=tuple(FIX_SPECS), roundings=ROUNDINGS)
 _RECORD_NAME = os.path.join("tests", "data", "hw", "bias_gpu_confirmation.json")
 
 
@@ -59,7 +61,7 @@ def cmd_bias(args):
     if args.regimes:
         grid["regimes"] = _csv(args.regimes, tuple(REGIMES), "regimes")
     if args.recipes:
-        grid["recipes"] = _csv(args.recipes, ("paper", "fa2"), "recipes")
+        grid["recipes"] = _csv(args.recipes, tuple(RECIPES), "recipes")
     if args.fixes:
         grid["fixes"] = _csv(args.fixes, tuple(FIX_SPECS), "fixes")
     if args.roundings:
@@ -100,7 +102,7 @@ def add_bias_parser(sub):
     p.add_argument("--out", metavar="DIR", help="output directory")
     p.add_argument("--quick", action="store_true", help="the small grid (a few minutes on two cores)")
     p.add_argument("--regimes", help=f"comma-separated subset of: {', '.join(REGIMES)}")
-    p.add_argument("--recipes", help="comma-separated subset of: paper, fa2")
+    p.add_argument("--recipes", help=f"comma-separated subset of: {', '.join(RECIPES)}")
     p.add_argument("--fixes", help=f"comma-separated subset of: {', '.join(FIX_SPECS)}")
     p.add_argument("--roundings", help=f"comma-separated subset of: {', '.join(ROUNDINGS)}")
     p.add_argument("--rows", type=int, default=ROWS, help=f"query rows per cell (default {ROWS}: 2^18 samples)")

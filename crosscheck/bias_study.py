@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from flashbits.emulator import flash_attention, get_recipe, reference_attention
-from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
 from .regimes import REGIMES, ROWS, regime_inputs
 
@@ -38,30 +38,46 @@ def _cast_stages(recipe):
     return [n for n, s in get_recipe(recipe).stages.items() if s.kind == "round" and "sr" in s.roundings]
 
 
+# the rounding variants as stage overrides (the stages a recipe lacks are left out);
+# sr-all: every cast that can round stochastically (filled in per recipe)
+_VARIANTS = {
+    "rne": {},
+    "sr": {"P_cast": {"rounding": "sr"}, "O_cast": {"rounding": "sr"}},
+    "sr-all": None,
+    "compensated": {"O_add_cast": {"accumulation": "compensated"}, "l_add_cast": {"accumulation": "compensated"}},
+    "fp32-O": {s: {"format": "fp32"} for s in ("PV_cast", "O_mul_cast", "O_add_cast")},
+    "fp32-O+l": {s: {"format": "fp32"} for s in ("PV_cast", "O_mul_cast", "O_add_cast", "l_blk_cast",
+                                                  "l_mul_cast", "l_add_cast")},
+}
+
+
+def _changes(stage, change: dict) -> bool:
+    """Whether overriding ``stage`` with ``change`` is possible and changes its arithmetic."""
+    allowed = {"rounding": stage.roundings, "format": stage.formats, "accumulation": stage.accumulations}
+    return all(val in allowed[key] and getattr(stage, key) != val for key, val in change.items())
+
+
 def rounding_overrides(recipe: str, rounding: str) -> dict | None:
-    """Stage overrides of a rounding variant; None when it does not apply to the recipe."""
-    if rounding == "rne":
-        return {}
-    if rounding == "sr":
-        return {"P_cast": {"rounding": "sr"}, "O_cast": {"rounding": "sr"}}
+    """Stage overrides of a rounding variant; None when it does not apply to the recipe.
+
+    The recipe is asked, not named: a variant applies when the recipe has every stage
+    it overrides and each override is one the stage accepts and changes something (fa2
+    keeps Ō in fp32 and has no running bf16 accumulators, so only rne and sr apply); a
+    variant that only repeats another (sr-all where sr already covers every
+    stochastic-capable cast) does not apply either.
+    """
+    if rounding not in _VARIANTS:
+        raise ValueError(f"unknown rounding variant {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+    stages = get_recipe(recipe).stages
     if rounding == "sr-all":
-        if recipe != "paper":
-            return None  # fa2's only casts are P_cast and O_cast: the same as sr
-        return {n: {"rounding": "sr"} for n in _cast_stages(recipe)}
-    if rounding == "compensated":
-        if recipe != "paper":
-            return None
-        return {"O_add_cast": {"accumulation": "compensated"}, "l_add_cast": {"accumulation": "compensated"}}
-    if rounding == "fp32-O":
-        if recipe != "paper":
-            return None  # fa2 keeps Ō in fp32 already
-        return {s: {"format": "fp32"} for s in ("PV_cast", "O_mul_cast", "O_add_cast")}
-    if rounding == "fp32-O+l":
-        if recipe != "paper":
-            return None
-        return {s: {"format": "fp32"} for s in ("PV_cast", "O_mul_cast", "O_add_cast", "l_blk_cast",
-                                                 "l_mul_cast", "l_add_cast")}
-    raise ValueError(f"unknown rounding variant {rounding!r}; accepted: {', '.join(ROUNDINGS)}")
+        casts = _cast_stages(recipe)
+        if set(casts) <= set(_VARIANTS["sr"]):
+            return None  # the same as sr
+        return {n: {"rounding": "sr"} for n in casts}
+    ov = _VARIANTS[rounding]
+    if not all(name in stages and _changes(stages[name], change) for name, change in ov.items()):
+        return None
+    return {name: dict(change) for name, change in ov.items()}
 
 
 ROUNDINGS = ("rne", "sr", "sr-all", "compensated", "fp32-O", "fp32-O+l")
@@ -75,6 +91,7 @@ ROUNDING_DOCS = {
 }
 
 
+# per family: groups of stages made exact together (a family without groups: none)
 ABLATION_GROUPS = {
     "paper": {
         "Ō path→fp32": ("PV_cast", "O_mul_cast", "O_add_cast"),
@@ -95,9 +112,10 @@ def ablations(recipe: str) -> dict:
     roundings → fp64, hardware units → the exact operation rounded once), plus the
     recipe's groups (a bias that moves to the next cast shows up only there)."""
     out = {}
-    for label, names in ABLATION_GROUPS[recipe].items():
+    family = get_recipe(recipe).family
+    for label, names in ABLATION_GROUPS.get(family, {}).items():
         out[label] = {n: {"format": "fp32"} for n in names}
-    for label, (casts, units) in ABLATION_UNIT_GROUPS[recipe].items():
+    for label, (casts, units) in ABLATION_UNIT_GROUPS.get(family, {}).items():
         out[label] = {**{n: {"format": "fp32"} for n in casts}, **{u: {"exact": True} for u in units}}
     for name, st in get_recipe(recipe).stages.items():
         if name in ("V_cast", "comp"):

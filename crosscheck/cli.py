@@ -22,6 +22,18 @@ PRESETS = {
 }
 
 
+# the roundings the kernels offer for the P̄ and output casts
+KERNEL_ROUNDINGS = ("rne", "sr")
+
+
+def _csv_choice(text: str, allowed, what: str) -> list:
+    items = [x for x in text.split(",") if x]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise ValueError(f"unknown {what} {bad}; accepted: {', '.join(allowed)}")
+    return items
+
+
 def _parse_overrides(items):
     out = {}
     for it in items or ():
@@ -80,7 +92,7 @@ def cmd_emulate(args):
     import numpy as np
 
     from flashbits.emulator import flash_attention, reference_attention
-    from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+    from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
     q, k, v, causal, desc, recipe = _load_inputs(args)
     ov = _parse_overrides(args.override)
@@ -143,7 +155,7 @@ def cmd_crosscheck(args):
         print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
         return 0 if res["mismatches"] == 0 else 1
     from flashbits.crosscheck.cases import KINDS
-    from flashbits.crosscheck.sides import parse_tile
+    from flashbits.crosscheck.sides import KERNEL_FIXES, parse_tile
 
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     bad = [k for k in kinds if k not in KINDS]
@@ -153,6 +165,11 @@ def cmd_crosscheck(args):
         tiles = [parse_tile(t) for t in args.tiles.split(",")]
     except ValueError as e:
         raise ValueError(f"--tiles: {e}") from None
+    from flashbits.emulator import RECIPES
+
+    recipes = _csv_choice(args.recipes, tuple(RECIPES), "recipes")
+    fixes = _csv_choice(args.fixes, ("none",) + tuple(f for f in KERNEL_FIXES if f), "fixes")
+    roundings = _csv_choice(args.roundings, KERNEL_ROUNDINGS, "roundings")
     if not _has_cuda():
         print("crosscheck: no CUDA GPU here (torch.cuda.is_available() is False), so the kernels cannot run.\n"
               "  To check the emulator against recorded GPU bits instead:\n"
@@ -161,13 +178,12 @@ def cmd_crosscheck(args):
     from flashbits.crosscheck.cases import suite
     from flashbits.crosscheck.runner import crosscheck_config
     from flashbits.crosscheck.sides import Config
-    from flashbits.gpu.probes.provenance import provenance
+    from flashbits.gpu.provenance import provenance
 
     cases = suite(args.cases, seed=args.seed, kinds=kinds, dims=tuple(int(d) for d in args.dims.split(",")),
                   max_len=args.max_len)
     configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed, **t)
-               for r in args.recipes.split(",") for t in tiles for f in args.fixes.split(",")
-               for rd in args.roundings.split(",")]
+               for r in recipes for t in tiles for f in fixes for rd in roundings]
     prov = provenance()
     report = {"provenance": prov, "configs": [], "cases_total": 0, "elements": 0, "mismatches": 0}
     entries = []
@@ -206,12 +222,20 @@ def _write(args, report, entries, prov):
 
 
 def _add_crosscheck_args(p):
+    from flashbits.crosscheck.cases import KINDS
+    from flashbits.crosscheck.sides import KERNEL_FIXES
+    from flashbits.emulator import RECIPES
+
     p.add_argument("--cases", type=int, default=64, help="cases per configuration (default 64)")
-    p.add_argument("--kinds", help="comma-separated case kinds (default: all: random, ties, concentrated, "
-                                   "lowrank_v, inf_inputs, huge, subnormal, odd)")
-    p.add_argument("--recipes", default="fa2,paper", help="comma-separated recipes (default fa2,paper)")
-    p.add_argument("--fixes", default="none,paper", help="comma-separated fixes: none, paper (default both)")
-    p.add_argument("--roundings", default="rne,sr", help="P̄/output cast roundings: rne, sr (default both)")
+    p.add_argument("--kinds", help=f"comma-separated case kinds (default: all: {', '.join(KINDS)})")
+
+    recipes = ",".join(RECIPES)
+    fixes = ",".join(f or "none" for f in KERNEL_FIXES)
+    p.add_argument("--recipes", default=recipes, help=f"comma-separated recipes (default {recipes})")
+    p.add_argument("--fixes", default=fixes, help=f"comma-separated fixes the kernels implement: "
+                                                 f"{', '.join(fixes.split(','))} (default all)")
+    p.add_argument("--roundings", default=",".join(KERNEL_ROUNDINGS),
+                   help=f"P̄/output cast roundings: {', '.join(KERNEL_ROUNDINGS)} (default both)")
     p.add_argument("--tiles", default="default",
                    help="comma-separated kernel tiles BMxBNwW[sS] (block_m x block_n, warps, pipeline stages), "
                         "e.g. default,64x64w4,128x128w8s2; 'default' is each recipe's own (default)")
@@ -243,6 +267,9 @@ Without a GPU: crosscheck --replay tests/data/hw/attention_golden.npz
 
 
 def build_parser():
+    from flashbits.emulator import FIXES, RECIPES
+    from flashbits.emulator.attention.stages import ROUNDINGS as ROUNDING_NAMES
+
     ap = argparse.ArgumentParser(
         prog="flashbits",
         description="Prove, bit for bit, where low-precision flash attention rounds with a bias and "
@@ -262,13 +289,13 @@ def build_parser():
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default="ties", help="named case (default ties)")
     src.add_argument("--inputs", metavar="FILE.npz", help="q, k, v arrays of bf16 values")
-    p.add_argument("--recipe", choices=["fa2", "paper"], help="recipe (default: the preset's)")
-    p.add_argument("--fix", choices=["paper", "offset"],
+    p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: the preset's)")
+    p.add_argument("--fix", choices=list(FIXES),
                    help="softmax fix: paper (β·max on tied blocks) or offset (max + δ on every block)")
     p.add_argument("--eps", type=float, help="paper fix ε (default 1e-3)")
     p.add_argument("--beta", type=float, help="paper fix β (default 2)")
     p.add_argument("--delta", type=float, help="offset fix δ in nats (default ln 2 / 2)")
-    p.add_argument("--rounding", choices=["rne", "rna", "rz", "ru", "rd", "sr"],
+    p.add_argument("--rounding", choices=list(ROUNDING_NAMES),
                    help="rounding of the P̄ and output casts (default rne)")
     p.add_argument("--override", action="append", metavar="STAGE:KEY=VALUE",
                    help="stage override, repeatable: e.g. PV_cast:format=fp32, P_cast:rounding=sr, "

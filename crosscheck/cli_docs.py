@@ -14,7 +14,8 @@ INTRO = """# Command-line reference
 
 Generated from the parsers by `python -m flashbits.crosscheck.cli_docs` (a test checks it is
 current). Two console scripts: `flashbits` (subcommands below) and `crosscheck`
-(the same as `flashbits crosscheck`).
+(the same as `flashbits crosscheck`); and `python -m flashbits.crosscheck.records`,
+which regenerates and installs the golden hardware records.
 """
 
 
@@ -33,6 +34,14 @@ def render() -> str:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_crosscheck_args(cc)
     parts += ["## crosscheck", "", "```", _help(cc), "```", ""]
+    from .records import build_parser as records_parser
+
+    rp = records_parser()
+    parts += ["## python -m flashbits.crosscheck.records", "",
+              "Regenerate every golden record on the GPU, install them here (docs/hardware.md).", ""]
+    sub = next(a for a in rp._actions if isinstance(a, argparse._SubParsersAction))
+    for name, p in sub.choices.items():
+        parts += [f"### records {name}", "", "```", _help(p), "```", ""]
     return "\n".join(parts)
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-# tensor → the recipe stage that produced it (for locating a mismatch)
+# tensor → the recipe stage that produced it (for locating a mismatch); which tensors
+# are compared, and in which order, is the recipe's (Recipe.compared_tensors)
 STAGE_OF = {"m_blocks": "m_scale / fix / max (per block)", "l_blocks": "l (per block)",
             "acc": "PV (accumulator before the division)", "m": "m (final)", "l": "l (final)",
             "out": "O_cast (output)"}
-ORDER = ("m_blocks", "l_blocks", "acc", "m", "l", "out")
 
 
 def is_nan_bits(bits: np.ndarray) -> np.ndarray:
@@ -41,8 +41,10 @@ def compare_tensor(a: np.ndarray, b: np.ndarray) -> tuple[int, np.ndarray]:
     return int(mask.sum()), mask
 
 
-def compare_sides(emu: dict, gpu: dict, tensors=ORDER) -> dict:
-    """Per-tensor element and mismatch counts, and the first mismatch located."""
+def compare_sides(emu: dict, gpu: dict, tensors) -> dict:
+    """Per-tensor element and mismatch counts over ``tensors`` (the recipe's
+    ``compared_tensors`` of the launch, earliest stage first; one missing on
+    either side is skipped), and the first mismatch located."""
     res = {"tensors": {}, "first_mismatch": None, "mismatches": 0, "elements": 0}
     for name in tensors:
         if name not in emu or name not in gpu:

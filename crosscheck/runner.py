@@ -78,10 +78,10 @@ def crosscheck_config(cases: list[Case], cfg: Config, *, dump_launch: bool = Tru
     t_emu = time.time() - t0 - t_gpu
     summary = {"config": cfg.to_dict(), "name": cfg.name, "cases": len(cases),
                "seconds_gpu": round(t_gpu, 1), "seconds_emulator": round(t_emu, 1)}
-    for launch, sides, tensors in (("production", gpu_prod, ("m", "l", "out")),
-                                   ("dump", gpu_dump, ("m_blocks", "l_blocks", "acc", "m", "l", "out"))):
+    for launch, sides in (("production", gpu_prod), ("dump", gpu_dump)):
         if not sides:
             continue
+        tensors = cfg.compared(launch)
         tot = {"cases": 0, "cases_mismatching": 0, "elements": 0, "mismatches": 0, "tensors": {},
                "first_mismatch": None, "by_kind": {}}
         for c, e, g in zip(cases, emu, sides):

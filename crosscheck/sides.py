@@ -58,8 +58,23 @@ class Config:
         kw.update({t: getattr(self, t) for t in tiles if getattr(self, t) is not None})
         return kw
 
+    def compared(self, launch: str) -> tuple:
+        """The tensors the crosscheck compares for ``launch`` (``production`` or ``dump``),
+        in the order a mismatch is located: the recipe's ``compared_tensors``."""
+        from flashbits.emulator.attention.recipes import get_recipe
+
+        tensors = get_recipe(self.recipe).compared_tensors
+        if launch not in tensors:
+            raise ValueError(f"unknown launch kind {launch!r}; accepted: {', '.join(tensors)}")
+        return tuple(tensors[launch])
+
     def to_dict(self):
         return asdict(self)
+
+
+# the fixes the GPU kernels implement (gpu.attention.check_kernel_recipe refuses the
+# others, which run in the emulator only)
+KERNEL_FIXES = (None, "paper")
 
 
 _TILE = re.compile(r"(\d+)x(\d+)w(\d+)(?:s(\d+))?")
@@ -86,7 +101,7 @@ def other_tiles(recipe: str) -> list[str]:
     """Every tile the kernels accept other than the recipe's own at the default
     depth, as ``BMxBNwWsS``: each block_m × block_n × num_warps at the default
     depth, then the recipe's own tile at the other crosschecked depths
-    (gpu/probes/tile_checks.sh's list)."""
+    (the ``tiles`` part of ``python -m flashbits.crosscheck.records regenerate``)."""
     from flashbits.emulator.attention.recipes import NUM_WARPS, get_recipe
     from flashbits.gpu.attention import (
         CROSSCHECKED_STAGES,
@@ -106,15 +121,21 @@ def _f32bits(x) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(x, np.float64).astype(np.float32)).view(np.uint32)
 
 
+def _launch(dump: bool) -> str:
+    return "dump" if dump else "production"
+
+
 def emulator_side(q, k, v, causal: bool, cfg: Config, dump: bool = True) -> dict:
+    """The recipe's compared tensors (``Config.compared``) of an emulator run, as raw
+    bits: the output in the recipe's output format, everything else fp32."""
     r = emu_flash_attention(q, k, v, causal=causal, dump=dump, **cfg.kwargs())
-    side = {"out": to_bits(r.out, "bf16"), "m": _f32bits(r.m), "l": _f32bits(r.l)}
-    if dump:
-        side.update(m_blocks=_f32bits(r.m_blocks), l_blocks=_f32bits(r.l_blocks), acc=_f32bits(r.acc))
-    return side
+    out_fmt = r.recipe.stages["O_cast"].format
+    return {name: to_bits(r.out, out_fmt) if name == "out" else _f32bits(getattr(r, name))
+            for name in cfg.compared(_launch(dump))}
 
 
 def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
+    """The same tensors of a kernel launch, as raw bits of the dtype the kernel wrote."""
     import torch
 
     from flashbits.gpu import flash_attention as gpu_flash_attention
@@ -122,11 +143,10 @@ def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
     t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]
     r = gpu_flash_attention(*t, causal=causal, dump=dump, **cfg.kwargs("gpu"))
+    views = {2: (torch.int16, np.uint16), 4: (torch.int32, np.uint32)}
 
-    def b32(x):
-        return x.contiguous().view(torch.int32).cpu().numpy().view(np.uint32)
+    def bits(x):
+        as_int, as_uint = views[x.element_size()]
+        return x.contiguous().view(as_int).cpu().numpy().view(as_uint)
 
-    side = {"out": r.out.contiguous().view(torch.int16).cpu().numpy().view(np.uint16), "m": b32(r.m), "l": b32(r.l)}
-    if dump:
-        side.update(m_blocks=b32(r.m_blocks), l_blocks=b32(r.l_blocks), acc=b32(r.acc))
-    return side
+    return {name: bits(getattr(r, name)) for name in cfg.compared(_launch(dump))}

@@ -5,7 +5,7 @@
 
 from flashbits.crosscheck.regimes import regime_inputs
 from flashbits.emulator import flash_attention, reference_attention
-from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
 q, k, v = regime_inputs("ties-12")  # two tied maxima, the rest 12 nats lower, V < 0; 2^18 samples
 ref, _ = reference_attention(q, k, v)

@@ -5,6 +5,19 @@ round stochastically, exactly as it does for the emulator; the kernels
 support the subset of overrides a GPU kernel implements (bf16 in and out, P̄
 and output casts rne or sr with 16 random bits, fix None or paper); anything
 else is refused with a message saying what is supported.
+
+One call is three steps, each a function (a torch autograd Function and the
+backward kernels build on the same seam):
+
+* ``check_inputs`` / ``check_kernel_recipe``: validate the tensors and the recipe
+  against what the family's kernel module implements;
+* ``plan_launch``: translate the recipe into a :class:`KernelLaunch` (the kernel,
+  its constexprs, its fp32 constants ``rec.scalars`` and Philox seeds);
+* ``launch``: allocate the outputs, run the kernel, and return m, l and the lse
+  (``rec.lse``).
+
+No code here branches on a recipe's name: the family (``rec.spec``) names its
+kernel module (``rec.spec.gpu_kernels()``: ``KERNEL``, ``SR_STAGES``, ``FIXES``).
 """
 
 from __future__ import annotations
@@ -12,14 +25,14 @@ from __future__ import annotations
 import math
 import operator
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flashbits.emulator.attention.api import stage_seed
-from flashbits.emulator.attention.recipes import Recipe, get_fix, get_recipe
+from flashbits.emulator.attention.recipes import RECIPES, Recipe, get_fix, get_recipe
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 # the tiles the kernels take (num_warps: emulator.attention.recipes.NUM_WARPS);
-# gpu/probes/tile_checks.sh crosschecks every one on the H200
+# the records' tiles step (crosscheck.records regenerate --only tiles) crosschecks every one on the H200
 KERNEL_BLOCK_M = (64, 128)
 KERNEL_BLOCK_N = (32, 64, 128)
 # software pipelining depths the H200 crosscheck ran, and the default
@@ -50,54 +63,48 @@ def _require_torch():
 
 
 def check_kernel_recipe(rec: Recipe, fix) -> dict:
-    """The kernel constexprs for a recipe, or ValueError naming what the kernels cannot do."""
-    supported = {"P_cast", "O_cast"}
-    base = get_recipe(rec.name)
+    """The kernel's rounding constexprs for a recipe ({"P_SR": bool, ..., "FIX": bool}),
+    or ValueError naming what the family's kernel cannot do: every stage as the
+    family's own recipe (RECIPES[rec.family]) plans it, except the rounding of the
+    stages the kernel module switches (``SR_STAGES``: rne or sr with its
+    ``SR_RAND_BITS``), and a fix among its ``FIXES``."""
+    kmod = rec.spec.gpu_kernels()
+    switchable = kmod.SR_STAGES
+    base = RECIPES[rec.family]
     for name, st in rec.stages.items():
         b = base.stages[name]
         if (st.format, st.accumulation) != (b.format, b.accumulation) or (
-                st.rounding != b.rounding and name not in supported):
+                st.rounding != b.rounding and name not in switchable):
             raise ValueError(
                 f"the GPU kernel of recipe {rec.name!r} implements stage {name!r} only as "
                 f"{b.format}/{b.rounding}/{b.accumulation}; got {st.format}/{st.rounding}/{st.accumulation}. "
                 "Use the emulator (emulator.flash_attention) for other stage plans.")
-    if fix is not None and fix.name != "paper":
-        raise ValueError(f"the GPU kernels implement fix=None and fix='paper'; fix={fix.name!r} runs in the "
+    if fix is not None and fix.name not in kmod.FIXES:
+        fixes = " and ".join(["fix=None"] + [f"fix={f!r}" for f in kmod.FIXES])
+        raise ValueError(f"the GPU kernels implement {fixes}; fix={fix.name!r} runs in the "
                          "emulator only (emulator.flash_attention)")
     for name, st in rec.stages.items():
         if st.exact:
             raise ValueError(f"stage {name!r} is set to exact (an emulator-only ablation)")
-    for name in supported:
+    for name in switchable:
         st = rec.stages[name]
         if st.rounding not in ("rne", "sr"):
             raise ValueError(f"the GPU kernels round {name} with rne or sr only, got {st.rounding!r}")
-        if st.rounding == "sr" and st.rand_bits != 16:
-            raise ValueError(f"the GPU kernels use 16 random bits for sr, got rand_bits={st.rand_bits}")
+        if st.rounding == "sr" and st.rand_bits != kmod.SR_RAND_BITS:
+            raise ValueError(f"the GPU kernels use {kmod.SR_RAND_BITS} random bits for sr, "
+                             f"got rand_bits={st.rand_bits}")
     if rec.block_n not in KERNEL_BLOCK_N or rec.block_m not in KERNEL_BLOCK_M:
         raise ValueError(f"kernel tiles: block_m in {KERNEL_BLOCK_M}, block_n in {KERNEL_BLOCK_N}; "
                          f"got {rec.block_m}, {rec.block_n}")
-    return {"P_SR": rec.stages["P_cast"].rounding == "sr", "O_SR": rec.stages["O_cast"].rounding == "sr",
-            "FIX": fix is not None}
+    flags = {flag: rec.stages[name].rounding == "sr" for name, (flag, _) in switchable.items()}
+    flags["FIX"] = fix is not None
+    return flags
 
 
-def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, rounding=None,
-                    seed=None, dump=False, eps=None, beta=None, block_m=None, block_n=None,
-                    num_warps=None, num_stages=DEFAULT_STAGES) -> GpuAttentionResult:
-    """Forward attention on the GPU with the recipe's arithmetic (bit-identical to the emulator).
-
-    q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and
-    k lengths may differ.  Other arguments as :func:`emulator.flash_attention`;
-    ``num_stages`` (software pipelining depth, 2 to 4) changes speed, never bits; 3 is
-    the fastest fa2 setting measured on the H200 (benchmarks/results/h200_attention_bench.json).
-    Every tile the kernels accept (block_m 64 or 128, block_n 32, 64 or 128,
-    num_warps 4 or 8, num_stages 2 to 4) is crosschecked against the emulator on the
-    H200 (tests/data/hw/crosscheck/tiles_*.md).
-    """
+def check_inputs(q, k, v, num_stages):
+    """(B, H, Nq, Nk, D, num_stages) of bf16 (batch, heads, seq, dim) tensors the
+    kernels take, or TypeError / ValueError saying what is wrong."""
     torch = _require_torch()
-    import triton
-
-    from . import kernels
-
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -124,30 +131,61 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
                          f"got {num_stages!r}")
     if Nq < 1 or Nk < 1:
         raise ValueError(f"sequence lengths must be >= 1, got {Nq}, {Nk}")
-    rec = get_recipe(recipe)
-    ov = {}
-    if rounding is not None:
-        ov = {"P_cast": {"rounding": rounding}, "O_cast": {"rounding": rounding}}
-    tiles = {kk: vv for kk, vv in (("block_m", block_m), ("block_n", block_n), ("num_warps", num_warps))
-             if vv is not None}
-    if ov or tiles:
-        rec = rec.with_overrides(ov, **tiles)
-    fx = get_fix(fix, eps, beta)
-    flags = check_kernel_recipe(rec, fx)
-    if (flags["P_SR"] or flags["O_SR"]) and seed is None:
+    return B, H, Nq, Nk, D, stages
+
+
+def _check_device(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "
+                               "the same recipe in the emulator (emulator.flash_attention) or replay a "
+                               "golden record (crosscheck --replay FILE)")
+
+
+@dataclass
+class KernelLaunch:
+    """A recipe translated for its family's kernel: ``kernel`` (the Triton kernel),
+    the runtime constants ``scalars`` (qk_scale, ε', β' in the kernel's order) and
+    ``seeds`` (one per SR stage, 0 where it rounds rne), and the ``constexprs``
+    (tiles, rounding and fix flags); ``num_warps`` / ``num_stages`` as launched."""
+
+    rec: Recipe
+    kernel: object
+    scalars: tuple
+    seeds: tuple
+    constexprs: dict = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = DEFAULT_STAGES
+
+
+def plan_launch(rec: Recipe, fix, D: int, scale, seed, num_stages=DEFAULT_STAGES) -> KernelLaunch:
+    """Validate ``rec`` against its family's kernel (check_kernel_recipe) and translate it
+    into a KernelLaunch for head dim ``D`` and softmax ``scale`` (None: 1/sqrt(D))."""
+    flags = check_kernel_recipe(rec, fix)
+    kmod = rec.spec.gpu_kernels()
+    sr = [(stage, flags[flag]) for stage, (flag, _) in kmod.SR_STAGES.items()]
+    if any(on for _, on in sr) and seed is None:
         raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)")
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (math.isfinite(sc) and sc > 0):
         # the kernels take the block max of the unscaled scores (max(s)·c is the
         # max of s·c only for c > 0), and the emulator refuses the same values
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "
-                               "the same recipe in the emulator (emulator.flash_attention) or replay a "
-                               "golden record (crosscheck --replay FILE)")
-    import numpy as np
+    ks = rec.scalars(sc, fix)
+    return KernelLaunch(rec=rec, kernel=kmod.KERNEL, scalars=(ks.qk_scale, ks.eps, ks.beta),
+                        seeds=tuple(stage_seed(seed, stage) if on else 0 for stage, on in sr),
+                        constexprs=dict(HEAD_DIM=D, BLOCK_M=rec.block_m, BLOCK_N=rec.block_n, **flags),
+                        num_warps=rec.num_warps, num_stages=num_stages)
 
+
+def launch(plan: KernelLaunch, q, k, v, causal=False, dump=False) -> GpuAttentionResult:
+    """Allocate the outputs and run ``plan`` on contiguous-or-strided bf16 q, k, v."""
+    torch = _require_torch()
+    import triton
+
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    rec = plan.rec
     dev = q.device
     out = torch.empty_like(q)
     m = torch.empty((B, H, Nq), device=dev, dtype=torch.float32)
@@ -159,33 +197,39 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         acc = torch.full((B, H, Nq, D), float("nan"), device=dev, dtype=torch.float32)
     else:
         mb = lb = acc = m  # never written (DUMP=False)
-    seed_p = stage_seed(seed, "P_cast") if flags["P_SR"] else 0
-    seed_o = stage_seed(seed, "O_cast") if flags["O_SR"] else 0
-    if rec.name == "fa2":
-        kern = kernels._fa2_fwd
-        a0 = float(np.float32(sc * 1.4426950408889634))
-        a1 = float(np.float32(fx.eps * 1.4426950408889634)) if fx else 0.0
-    else:
-        kern = kernels._paper_fwd
-        a0 = float(np.float32(sc))
-        a1 = float(np.float32(fx.eps)) if fx else 0.0
-    a2 = float(np.float32(fx.beta)) if fx else 1.0
     grid = (triton.cdiv(Nq, rec.block_m), B * H)
     if os.environ.get("TRITON_INTERPRET") == "1":
         from . import interpreter_compat
 
         interpreter_compat.apply()
-    kern[grid](q, k, v, out, m, l, mb, lb, acc,
-               *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-               H, Nq, Nk, nblk, a0, a1, a2, seed_p, seed_o,
-               HEAD_DIM=D, BLOCK_M=rec.block_m, BLOCK_N=rec.block_n, CAUSAL=int(bool(causal)),
-               FIX=flags["FIX"], P_SR=flags["P_SR"], O_SR=flags["O_SR"], DUMP=bool(dump),
-               num_warps=rec.num_warps, num_stages=stages)
-    if rec.name == "fa2":
-        lse = m * math.log(2.0) + torch.log(l)
-    else:
-        lse = m + torch.log(l)
-    res = GpuAttentionResult(out=out, m=m, l=l, lse=lse)
+    plan.kernel[grid](q, k, v, out, m, l, mb, lb, acc,
+                      *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                      H, Nq, Nk, nblk, *plan.scalars, *plan.seeds,
+                      CAUSAL=int(bool(causal)), DUMP=bool(dump), **plan.constexprs,
+                      num_warps=plan.num_warps, num_stages=plan.num_stages)
+    res = GpuAttentionResult(out=out, m=m, l=l, lse=rec.lse(m, l, torch.log))
     if dump:
         res.m_blocks, res.l_blocks, res.acc = mb, lb, acc
     return res
+
+
+def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None, rounding=None,
+                    seed=None, dump=False, eps=None, beta=None, block_m=None, block_n=None,
+                    num_warps=None, num_stages=DEFAULT_STAGES) -> GpuAttentionResult:
+    """Forward attention on the GPU with the recipe's arithmetic (bit-identical to the emulator).
+
+    q, k, v: CUDA bf16 tensors (batch, heads, seq, dim), dim 64 or 128; q and
+    k lengths may differ.  Other arguments as :func:`emulator.flash_attention`;
+    ``num_stages`` (software pipelining depth, 2 to 4) changes speed, never bits; 3 is
+    the fastest fa2 setting measured on the H200 (benchmarks/results/h200_attention_bench.json).
+    Every tile the kernels accept (block_m 64 or 128, block_n 32, 64 or 128,
+    num_warps 4 or 8, num_stages 2 to 4) is crosschecked against the emulator on the
+    H200 (tests/data/hw/crosscheck/tiles_*.md).
+    """
+    B, H, Nq, Nk, D, stages = check_inputs(q, k, v, num_stages)
+    rec = get_recipe(recipe).configured(rounding=rounding, block_m=block_m, block_n=block_n,
+                                        num_warps=num_warps)
+    fx = get_fix(fix, eps, beta)
+    plan = plan_launch(rec, fx, D, scale, seed, stages)
+    _check_device(q, k, v)
+    return launch(plan, q, k, v, causal=causal, dump=dump)

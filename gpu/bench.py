@@ -97,7 +97,7 @@ def main(argv=None):
         if "ms" in r:
             print(f"{r['kernel']:<34}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
     if args.json:
-        from flashbits.gpu.probes.provenance import provenance
+        from flashbits.gpu.provenance import provenance
 
         with open(args.json, "w") as f:
             json.dump({"provenance": provenance(), "shape": [B, H, N, D], "rows": rows}, f, indent=1)

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from flashbits.crosscheck.cases import Case, generate
 from flashbits.crosscheck.regimes import regime_inputs
 from flashbits.emulator import flash_attention, from_bits, quantize, reference_attention, to_bits
-from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
 from attention_bounds import error_bound, visible, visited_blocks
 
@@ -766,11 +766,11 @@ def test_sr_removes_the_fa2_bias_on_average():
 
 
 def test_attention_exp2_unit_is_the_sfu_model():
-    """The attention emulator's MUFU (kernel.mufu) is emulator.sfu_exp2 on fp32 values,
+    """The attention emulator's MUFU (units.mufu) is emulator.sfu_exp2 on fp32 values,
     FTZ and not; a value beyond fp32's range (only an fp64-format ablation can make
     one) reads as ±inf, so exp2 gives 0 or inf rather than garbage bits."""
     from flashbits.emulator import sfu_exp2
-    from flashbits.emulator.attention.kernel import mufu
+    from flashbits.emulator.attention.units import mufu
     from flashbits.emulator.hw.sfu import ex2_params, load_exp2_tables
 
     tpos, tneg, p = load_exp2_tables("sm90")

@@ -7,15 +7,16 @@
 * ``attention_bias_golden.npz`` — cells of the bias study (4096 × 64 × 64):
   ``fa2`` and ``paper``, with and without the paper fix, production outputs;
 * ``attention_tiles_golden.npz`` — one case of each crosscheck configuration
-  of gpu/probes/tile_checks.sh: every tile the kernels accept other than the
+  of the ``tiles`` part of the regeneration: every tile the kernels accept other than the
   recipe's own, for both recipes, no fix with rne and the paper fix with sr,
   both launches; reports in ``tests/data/hw/crosscheck/tiles_*``.
 
 Each entry is re-run by the emulator (crosscheck.record.replay_record) and
 compared as raw bits, NaN payloads aside (crosscheck/compare.py).  The GPU's
 bits are the truth: nothing here is computed by the code under test except the
-emulator's answer.  Regenerate with ``crosscheck --record DIR`` and
-``python -m flashbits.gpu.probes.bias_confirm`` on the GPU (docs/hardware.md).
+emulator's answer.  Regenerate with ``python -m flashbits.crosscheck.records
+regenerate OUT --only attention,bias,tiles`` on the GPU and ``... records install
+OUT`` here (docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -134,11 +135,11 @@ def test_cli_replay_exit_status(capsys):
     assert "0 mismatching" in out and "all bits equal" in out
 
 
-def test_cli_without_gpu_points_to_replay(capsys):
+def test_cli_without_gpu_points_to_replay(capsys, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: crosscheck would run the kernels")
+    # a machine without a GPU, here or on the GPU host alike
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert crosscheck_main([]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU" in err and "--replay" in err
@@ -147,8 +148,54 @@ def test_cli_without_gpu_points_to_replay(capsys):
 @pytest.mark.parametrize("args, says", [(["--tiles", "64x64"], "--tiles: a tile is BMxBNwW"),
                                         (["--tiles", "default,128x64w8s"], "--tiles: a tile is BMxBNwW"),
                                         (["--kinds", "random,nope"], "unknown case kinds ['nope']"),
+                                        (["--recipes", "fa2,fa9"], "unknown recipes ['fa9']; accepted: fa2"),
+                                        (["--fixes", "offset"], "unknown fixes ['offset']; accepted: none, paper"),
+                                        (["--roundings", "rz"], "unknown roundings ['rz']; accepted: rne, sr"),
                                         (["--replay", "no/such/record.npz"], "no such record")])
 def test_cli_bad_arguments_exit_2_and_say_why(args, says, capsys):
     # 1 means "bits mismatch": a bad argument must not look like one, GPU or not
     assert crosscheck_main(args) == 2
     assert says in capsys.readouterr().err
+
+
+def test_install_recognises_a_regeneration_tree(tmp_path):
+    """records install sorts what an OUT tree holds: crosscheck folders of the
+    attention part and of the tiles part (told apart by their configurations, not
+    their paths), the bias files; a record installed over an existing one keeps
+    the entries of configurations it does not replace."""
+    import json
+    import shutil
+
+    from flashbits.crosscheck.record import save_record
+    from flashbits.crosscheck.records import install
+
+    hw = os.path.join(os.path.dirname(GOLDEN))
+    out, repo = tmp_path / "OUT", tmp_path / "repo"
+    entries, prov = load_record(GOLDEN)
+    tiles, _ = load_record(os.path.join(hw, "attention_tiles_golden.npz"))
+    steps = {"attention/fa2nofix": ("fa2nofix", [e for e in entries if e["cfg"].name.startswith("fa2/nofix")]),
+             "tiles/fa2_nofix": ("tiles_fa2_nofix", [e for e in tiles if e["cfg"].name.startswith("fa2/nofix")][:2])}
+    for d, (report, ents) in steps.items():
+        (out / d).mkdir(parents=True)
+        for ext in ("md", "json"):
+            shutil.copy(os.path.join(hw, "crosscheck", f"{report}.{ext}"), out / d / f"crosscheck.{ext}")
+        save_record(str(out / d / "attention_golden.npz"), ents, prov)
+    (out / "bias").mkdir()
+    shutil.copy(os.path.join(hw, "bias_gpu_confirmation.json"), out / "bias")
+    (repo / "tests" / "data" / "hw").mkdir(parents=True)
+    # an installed record with one configuration this install replaces and one it keeps
+    old = [e for e in entries if e["cfg"].name.startswith(("fa2/nofix/rne", "paper/nofix/rne"))]
+    save_record(str(repo / "tests" / "data" / "hw" / "attention_golden.npz"), old, {**prov, "runs": []})
+    with open(out / "manifest.json", "w") as f:
+        json.dump({"commit": "abc1234", "steps": {"attention/fa2nofix": {"status": "ok"}}}, f)
+    found = install([str(out)], repo=str(repo), log=lambda *_: None)
+    assert [os.path.basename(d) for d in found["crosscheck"]] == ["fa2nofix", "fa2_nofix"]
+    got = repo / "tests" / "data" / "hw"
+    assert (got / "crosscheck" / "fa2nofix.md").exists() and (got / "crosscheck" / "tiles_fa2_nofix.json").exists()
+    assert (got / "bias_gpu_confirmation.json").exists()
+    new, new_prov = load_record(str(got / "attention_golden.npz"))
+    names = sorted({e["cfg"].name for e in new})
+    assert names == ["fa2/nofix/rne", "fa2/nofix/sr", "paper/nofix/rne"], names
+    assert len(new) == len(steps["attention/fa2nofix"][1]) + sum(e["cfg"].name == "paper/nofix/rne" for e in old)
+    assert [r["step"] for r in new_prov["runs"]] == ["fa2nofix"]
+    assert len(load_record(str(got / "attention_tiles_golden.npz"))[0]) == 2

@@ -14,7 +14,7 @@ import pytest
 from flashbits.crosscheck.bias_study import ablations, run_grid, worked_example
 from flashbits.crosscheck.regimes import REGIMES, regime_inputs
 from flashbits.emulator import flash_attention, reference_attention, to_bits
-from flashbits.emulator.attention.bias import bias_stats, signed_error_ulps
+from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 from flashbits.emulator.attention.recipes import Fix
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,8 +142,7 @@ def test_cli_bad_input_is_a_clear_error():
 
 def test_gpu_wrapper_without_cuda_points_to_the_emulator(monkeypatch):
     torch = pytest.importorskip("torch")
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    # CPU tensors are refused whether or not this machine has a GPU
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from flashbits.gpu import flash_attention as gpu_fa
 
@@ -171,3 +170,38 @@ def test_bias_stats_arithmetic():
     assert math.isclose(s["sem_ulp"], np.std([1, -1, 2, 0], ddof=1) / 2)
     e = signed_error_ulps(np.array([1.0078125, 1.0]), np.array([1.0, 1.0]), "bf16")
     assert np.array_equal(e, [1.0, 0.0])
+
+
+def test_records_regenerate_runs_steps_in_chunks(tmp_path, monkeypatch):
+    """records regenerate: steps as child processes, a manifest of what ran, a budget
+    that stops before a step that no longer fits (exit 3), done steps skipped on the
+    next call, a hung step killed at its cap; no GPU needed for the bookkeeping."""
+    import json
+
+    from flashbits.crosscheck import records
+
+    def fake_plan(out, cases=None, workers=None, python=sys.executable):
+        def step(part, name, code):
+            return records.Step(part, name, part, [([python, "-c", code], os.path.join(part, "log.txt"))])
+        return [step("dots", "dots", "print('dots ran')"),
+                step("casts", "casts", "import sys; print('mismatch'); sys.exit(1)"),
+                step("bench", "bench", "import time; time.sleep(60)")]
+
+    monkeypatch.setattr(records, "plan", fake_plan)
+    monkeypatch.setattr(records, "_has_cuda", lambda: True)
+    monkeypatch.setitem(records.ESTIMATE_S, "bench", 1000)
+    monkeypatch.setitem(records.CAP_S, "bench", 2)
+    out = str(tmp_path / "OUT")
+    lines = []
+    assert records.regenerate(out, budget=500, log=lines.append) == 1   # casts mismatched; bench does not fit
+    man = json.load(open(os.path.join(out, "manifest.json")))
+    assert {k: v["status"] for k, v in man["steps"].items()} == {"dots": "ok", "casts": "mismatch"}
+    assert "dots ran" in open(os.path.join(out, "dots", "log.txt")).read()
+    assert any("stopped before bench" in line for line in lines)
+    assert records.regenerate(out, only="dots,bench", budget=500, log=lines.append) == 3   # dots done: skipped
+    assert records.regenerate(out, only="bench", log=lines.append) == 1                    # killed at its cap
+    man = json.load(open(os.path.join(out, "manifest.json")))
+    assert man["steps"]["bench"]["status"] == "timeout" and man["steps"]["dots"]["status"] == "ok"
+    assert man["commit"] and man["steps"]["dots"]["commands"] == ["-c print('dots ran')"]
+    with pytest.raises(ValueError, match="unknown parts or steps"):
+        records.regenerate(out, only="exp3")

@@ -1,7 +1,7 @@
 """The PTX of the Triton kernels contains exactly the arithmetic the emulator models.
 
-The kernels (gpu/kernels.py) are compiled for sm_90 on the CPU — no GPU needed
-(``gpu.probes.resources.compile_kernel``: ``triton.compile`` for
+The kernels (gpu/kernels/: fa2.py, paper.py) are compiled for sm_90 on the CPU — no
+GPU needed (``flashbits.gpu.compile.compile_kernel``: ``triton.compile`` for
 ``GPUTarget("cuda", 90, 32)``, specialised as a launch on contiguous tensors is,
 in one child process: see ``ptx_of``) — and their PTX is read instruction by
 instruction, following registers from use to definition where the order of
@@ -74,9 +74,9 @@ VARIANTS = [_variant("_fa2_fwd", D=D) for D in (64, 128)] + [
 
 
 def _compile_variants(variants):
-    """{variant: (ptx, argument names)}: gpu/kernels.py compiled for sm_90 (run in a
+    """{variant: (ptx, argument names)}: gpu/kernels/ compiled for sm_90 (run in a
     fresh process without TRITON_INTERPRET, see ``ptx_of``)."""
-    from flashbits.gpu.probes.resources import compile_kernel, runtime_params
+    from flashbits.gpu.compile import compile_kernel, runtime_params
 
     out = {}
     for name, D, fix, psr, osr, dump in variants:

@@ -14,9 +14,9 @@ half ulp); what must match exactly is everything that is not arithmetic:
 * shapes, masks, odd lengths, head dims 64 and 128, both recipes, causal or not,
   fix None / paper, rne / sr.
 
-TRITON_INTERPRET must be set before triton and gpu.kernels are imported; when
-another test module imported gpu.kernels first, it is reloaded here so that its
-kernels are interpreted functions.
+TRITON_INTERPRET must be set before triton and gpu.kernels (the package and its
+family modules) are imported; when another test module imported them first, they
+are reloaded here so that their kernels are interpreted functions.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.
     # triton was imported before TRITON_INTERPRET was set (its library functions are
     # compiled-mode JITFunctions, which the interpreter cannot call): import it afresh
     # (the compiled extension triton._C stays: it cannot be loaded twice)
-    for _m in [m for m in sys.modules if (m == "triton" or m.startswith("triton.") or m == "flashbits.gpu.kernels")
+    for _m in [m for m in sys.modules if (m == "triton" or m.startswith(("triton.", "flashbits.gpu.kernels")))
                and not m.startswith("triton._C")]:
         del sys.modules[_m]
     import triton  # noqa: E402
@@ -49,15 +49,19 @@ if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.
 import flashbits.gpu as gpu  # noqa: E402
 import flashbits.gpu.interpreter_compat  # noqa: E402
 import flashbits.gpu.kernels  # noqa: E402
+import flashbits.gpu.kernels.common  # noqa: E402
+import flashbits.gpu.kernels.fa2  # noqa: E402
+import flashbits.gpu.kernels.paper  # noqa: E402
 from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
 
 from attention_bounds import U, error_bound  # noqa: E402
 from flashbits.emulator import flash_attention as emu_flash_attention  # noqa: E402
 from flashbits.emulator import quantize, reference_attention  # noqa: E402
 
-if not isinstance(gpu.kernels._fa2_fwd, InterpretedFunction):
-    importlib.reload(gpu.kernels)
-assert isinstance(gpu.kernels._fa2_fwd, InterpretedFunction)
+if not isinstance(gpu.kernels.fa2.KERNEL, InterpretedFunction):
+    for _m in (gpu.kernels.common, gpu.kernels.fa2, gpu.kernels.paper, gpu.kernels):
+        importlib.reload(_m)
+assert all(isinstance(f, InterpretedFunction) for f in (gpu.kernels.fa2.KERNEL, gpu.kernels.paper.KERNEL))
 
 
 @pytest.fixture(autouse=True)
@@ -149,14 +153,14 @@ def _fix_decisions(X, COUNT, TOP2, c, eps2, BLOCK: tl.constexpr):
     s = tl.load(X + r * BLOCK + tl.arange(0, BLOCK))[None, :]
     thr = tl.max(s, 1) * c - eps2
     n = tl.sum(((s * c) >= thr[:, None]).to(tl.int32), 1)
-    q1, q2 = tl.reduce((s, tl.full(s.shape, float("nan"), tl.float32)), 1, gpu.kernels._top2_combine)
+    q1, q2 = tl.reduce((s, tl.full(s.shape, float("nan"), tl.float32)), 1, gpu.kernels.fa2._top2_combine)
     thr2 = q1 * c - eps2
     tl.store(COUNT + r + tl.arange(0, 1), (n > 1).to(tl.int32))
     tl.store(TOP2 + r + tl.arange(0, 1), ((q2 * c) >= thr2).to(tl.int32))
 
 
 def test_fix_second_largest_decides_like_the_count():
-    """The unmasked loop's shortcut (gpu.kernels._top2_combine) against the
+    """The unmasked loop's shortcut (gpu.kernels.fa2._top2_combine) against the
     definition, on rows built to break it: NaN, ±inf, ±0, duplicated maxima, one
     score just inside and just outside ε, all-NaN rows and single finite scores.
     (The interpreter's arithmetic is numpy's; the decision logic is what is tested

@@ -14,9 +14,9 @@ from ..hw.sfu import ex2_params, load_exp2_tables
 from ..hw.tensor_core import TC_MODELS, decode_operands
 from ..philox import seed_to_u64
 from ..rounding import RoundMode, quantize, target
-from . import kernel as K
+from . import units
+from .rows import Job, Operand, Operands, Outputs, Scalars, Tiling, Units
 from .ledger import NF, RoundingLedger
-from .families import KernelScalars
 from .recipes import Fix, Recipe, get_fix, get_recipe
 
 __all__ = ["flash_attention", "reference_attention", "AttentionResult", "EmulatorRun", "stage_seed", "MAX_HEAD_DIM"]
@@ -108,7 +108,7 @@ def _check_inputs(q, k, v):
 
 
 def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
-    plan = np.zeros((len(recipe.stages), K.PLAN_COLS), np.int64)
+    plan = np.zeros((len(recipe.stages), len(units.PLAN_COLUMNS)), np.int64)
     needs_seed = []
     for idx, st in enumerate(recipe.stages.values()):
         fmt = st.format
@@ -118,16 +118,17 @@ def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
             fmt = "fp32"
         f = get_format(fmt)
         t = target(f)
-        plan[idx, K.P_MANT:K.P_HASINF + 1] = t
+        plan[idx, units.PLAN_MANT:units.PLAN_HAS_INF + 1] = t
         mode = RoundMode.parse(st.rounding) if not fp64 else RoundMode.rne
-        plan[idx, K.P_MODE] = int(mode)
-        plan[idx, K.P_RBITS] = st.rand_bits
-        plan[idx, K.P_SAT] = 1 if f.name.startswith("fp8") else 0
-        plan[idx, K.P_EXACT] = 1 if (st.exact and not fp64) else 0
+        plan[idx, units.PLAN_MODE] = int(mode)
+        plan[idx, units.PLAN_RAND_BITS] = st.rand_bits
+        plan[idx, units.PLAN_SATURATE] = 1 if f.name.startswith("fp8") else 0
+        plan[idx, units.PLAN_EXACT] = 1 if (st.exact and not fp64) else 0
+        plan[idx, units.PLAN_COMPENSATED] = 1 if st.accumulation == "compensated" else 0
         if mode == RoundMode.sr:
             needs_seed.append(st.name)
             if seed is not None:
-                plan[idx, K.P_SEED] = np.int64(stage_seed(seed, st.name))
+                plan[idx, units.PLAN_SEED] = np.int64(stage_seed(seed, st.name))
     if needs_seed and seed is None:
         raise ValueError(f"stages {needs_seed} round stochastically: pass seed=<int> (the Philox key; "
                          "the same seed reproduces the run here and on the GPU)")
@@ -185,66 +186,38 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     finally:
         numba.set_num_threads(prev)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = rec.lse(run.m, run.l)
+        lse = rec.lse(run.outputs.m, run.outputs.l)
     return _shape_result(run, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
                          {"scale": sc, "causal": bool(causal), "precision": precision})
 
 
 @dataclass
 class EmulatorRun:
-    """One emulator call as a family's ``emulate`` receives it: the operands in the
-    forms the compiled kernels read, the stage plan, the hardware-unit parameters,
-    and the output arrays the kernel fills (rows flattened to batch·heads).
-
-    Operands: ``q``/``kT``/``v`` values as float64 (kT is K transposed, v padded
-    to whole key blocks with zeros) and their tensor-core decodings
-    (sign·significand, unit exponent, special code) ``*_sig``, ``*_exp``,
-    ``*_spec``.  ``tc_qk``/``tc_pv``: the (k_step, frac_bits, sum_frac_bits,
-    operand mantissa bits) of the two tensor-core models; ``p_mant``/``p_emin``:
-    the P̄·V operand format of P̄.  ``ex2_pos``/``ex2_neg``/``ex2_params``: the
-    MUFU.EX2 tables and model parameters.  ``hw``: hardware units (False: float64
-    IEEE units); ``record``: fill the ledger; ``keep``: fill acc and the per-block
-    m, l.  ``arith``: the target of the un-staged arithmetic (fp32 with hw).
-    """
+    """One emulator call as a family's ``emulate`` receives it: ``job`` (rows.Job) holds
+    the operands in the forms the compiled kernels read (values as float64 and their
+    tensor-core decodings; Kᵀ transposed, V padded to whole key blocks), the kernel
+    scalars, the hardware-unit parameters, the stage plan, the tiling and the output
+    arrays the kernel fills (rows flattened to batch·heads); ``blocks``: key blocks
+    of the longest row."""
 
     recipe: Recipe
     fix: Fix | None
-    scalars: KernelScalars
-    fix_kind: int
-    causal: bool
-    hw: bool
-    record: bool
-    keep: bool
-    Nk: int
-    q: np.ndarray
-    q_sig: np.ndarray
-    q_exp: np.ndarray
-    q_spec: np.ndarray
-    kT: np.ndarray
-    kT_sig: np.ndarray
-    kT_exp: np.ndarray
-    kT_spec: np.ndarray
-    v: np.ndarray
-    v_sig: np.ndarray
-    v_exp: np.ndarray
-    v_spec: np.ndarray
-    plan: np.ndarray
-    tc_qk: tuple
-    tc_pv: tuple
-    p_mant: int
-    p_emin: int
-    ex2_pos: np.ndarray
-    ex2_neg: np.ndarray
-    ex2_params: tuple
-    arith: tuple
-    out: np.ndarray
-    m: np.ndarray
-    l: np.ndarray
-    acc: np.ndarray
-    m_blocks: np.ndarray
-    l_blocks: np.ndarray
-    ledgers: np.ndarray
+    job: Job
     blocks: int
+
+    @property
+    def outputs(self) -> Outputs:
+        return self.job.outputs
+
+
+def _int64s(t) -> np.ndarray:
+    """A model tuple as int64[n]: the kernels' argument groups must be flat (rows module)."""
+    return np.array([int(x) for x in t], np.int64)
+
+
+def _operand(values: np.ndarray, fmt: str) -> Operand:
+    sig, exp, spec = decode_operands(values, fmt)
+    return Operand(values.astype(np.float64), sig, exp, spec)
 
 
 def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthreads) -> EmulatorRun:
@@ -260,6 +233,7 @@ def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthr
     vf = np.zeros((BH, nblk * bn, D), np.float32)
     vf[:, :Nk] = v4.reshape(BH, Nk, D)
     stages = list(rec.stages)
+    # ledger chunks: each a sequential run of rows (rows.drive_rows), summed in chunk order
     nch = max(1, min(BH * Nq, 8 * nthreads))
     ledgers = np.zeros((nch, len(stages), NF))
     # P̄·V operand format; V is cast to it when it differs from the input's
@@ -272,22 +246,23 @@ def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthr
             _ledger_cast(vf, pfmt, ledgers[0], st_v)
         vf = vq
     tc_qk, tc_pv, fv = _tc_models(pfmt if vcast else INPUT_FORMAT, fp64)
-    q_s, q_e, q_p = decode_operands(qf, INPUT_FORMAT)
-    k_s, k_e, k_p = decode_operands(kT, INPUT_FORMAT)
-    v_s, v_e, v_p = decode_operands(vf, fv.name)
     tpos, tneg, ex2 = load_exp2_tables("sm90")
+    ks = rec.scalars(sc, fx, fp64)
     shape_keep = (lambda *s: s) if keep else (lambda *s: (1, 1, 1))
-    return EmulatorRun(
-        recipe=rec, fix=fx, scalars=rec.scalars(sc, fx, fp64), fix_kind=_fix_kind(fx), causal=causal,
-        hw=not fp64, record=record, keep=keep, Nk=Nk,
-        q=qf.astype(np.float64), q_sig=q_s, q_exp=q_e, q_spec=q_p,
-        kT=kT.astype(np.float64), kT_sig=k_s, kT_exp=k_e, kT_spec=k_p,
-        v=vf.astype(np.float64), v_sig=v_s, v_exp=v_e, v_spec=v_p,
-        plan=plan, tc_qk=tc_qk, tc_pv=tc_pv, p_mant=fv.mant_bits, p_emin=fv.emin,
-        ex2_pos=tpos, ex2_neg=tneg, ex2_params=ex2_params(ex2), arith=target(FORMATS["fp64" if fp64 else "fp32"]),
-        out=np.empty((BH, Nq, D)), m=np.empty((BH, Nq)), l=np.empty((BH, Nq)),
-        acc=np.full(shape_keep(BH, Nq, D), np.nan), m_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
-        l_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan), ledgers=ledgers, blocks=nblk)
+    job = Job(
+        operands=Operands(_operand(qf, INPUT_FORMAT), _operand(kT, INPUT_FORMAT), _operand(vf, fv.name)),
+        scalars=Scalars(ks.qk_scale, ks.eps, ks.beta, ks.delta, units.FIX_KINDS[fx.name if fx else None]),
+        units=Units(hw=not fp64, arith=_int64s(target(FORMATS["fp64" if fp64 else "fp32"])), tc_qk=_int64s(tc_qk),
+                    tc_pv=_int64s(tc_pv), p_mant=fv.mant_bits, p_emin=fv.emin, ex2_pos=tpos, ex2_neg=tneg,
+                    ex2_params=_int64s(ex2_params(ex2))),
+        plan=plan,
+        tiling=Tiling(Nk=Nk, causal=causal, block_m=rec.block_m, block_n=bn),
+        outputs=Outputs(out=np.empty((BH, Nq, D)), m=np.empty((BH, Nq)), l=np.empty((BH, Nq)),
+                        acc=np.full(shape_keep(BH, Nq, D), np.nan),
+                        m_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
+                        l_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
+                        ledgers=ledgers, record=record, keep=keep))
+    return EmulatorRun(recipe=rec, fix=fx, job=job, blocks=nblk)
 
 
 def _tc_models(v_fmt: str, fp64: bool):
@@ -307,6 +282,7 @@ def _tc_models(v_fmt: str, fp64: bool):
 
 def _shape_result(run: EmulatorRun, lse, rec, fx, shape4, squeeze, fp64, info) -> AttentionResult:
     B, H, Nq, D = shape4
+    outs = run.outputs
     odt = np.float64 if fp64 else np.float32
 
     def shp(a, last):
@@ -314,27 +290,21 @@ def _shape_result(run: EmulatorRun, lse, rec, fx, shape4, squeeze, fp64, info) -
         return a[0, 0] if squeeze else a
 
     res = AttentionResult(
-        out=shp(run.out.astype(odt), D), lse=shp(lse, None), m=shp(run.m, None), l=shp(run.l, None),
-        recipe=rec, fix=fx, info={**info, "shape": shape4, "Nk": run.Nk, "blocks": run.blocks})
-    if run.record:
-        res.ledger = RoundingLedger(list(rec.stages), run.ledgers.sum(axis=0),
+        out=shp(outs.out.astype(odt), D), lse=shp(lse, None), m=shp(outs.m, None), l=shp(outs.l, None),
+        recipe=rec, fix=fx, info={**info, "shape": shape4, "Nk": run.job.tiling.Nk, "blocks": run.blocks})
+    if outs.record:
+        res.ledger = RoundingLedger(list(rec.stages), outs.ledgers.sum(axis=0),
                                     {s.name: s.kind for s in rec.stages.values()})
-    if run.keep:
-        res.m_blocks = shp(run.m_blocks, run.blocks)
-        res.l_blocks = shp(run.l_blocks, run.blocks)
-        res.acc = shp(run.acc, D)
+    if outs.keep:
+        res.m_blocks = shp(outs.m_blocks, run.blocks)
+        res.l_blocks = shp(outs.l_blocks, run.blocks)
+        res.acc = shp(outs.acc, D)
     return res
-
-
-def _fix_kind(fx) -> int:
-    if fx is None:
-        return K.FIX_NONE
-    return {"paper": K.FIX_PAPER, "offset": K.FIX_OFFSET}[fx.name]
 
 
 def _ledger_cast(values: np.ndarray, fmt: str, L: np.ndarray, st: int):
     """Ledger entries of casting ``values`` (float32) to ``fmt`` (RNE, satfinite for fp8)."""
-    K.ledger_cast_f32(np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint32),
+    units.ledger_cast_f32(np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint32),
                       target(get_format(fmt)), 1 if fmt.startswith("fp8") else 0, L, st)
 
 

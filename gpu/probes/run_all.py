@@ -1,8 +1,10 @@
-"""Regenerate every hardware measurement and golden record, in one GPU call.
+"""The hardware probes (exp2, exp2_verify, dots, casts) and their golden records.
 
-    FLASHBITS_COMMIT=$(git rev-parse HEAD) PYTHONPATH=. python -m flashbits.gpu.probes.run_all OUTDIR
+    PYTHONPATH=. python -m flashbits.gpu.probes.run_all OUTDIR [--only PROBES]
 
-writes into OUTDIR:
+``python -m flashbits.crosscheck.records regenerate OUT`` runs it once per probe
+(``OUT/probes/<probe>/``) beside the attention records, and ``... records install``
+installs what it wrote.  Run by hand, it writes into OUTDIR:
 
 * ``summary.json`` — every count (mismatches per probe, per case kind), examples,
   provenance;
@@ -28,7 +30,7 @@ import traceback
 
 import numpy as np
 
-from flashbits.gpu.probes.provenance import provenance
+from flashbits.gpu.provenance import provenance
 
 
 def main(argv=None):

@@ -3,12 +3,24 @@
 fp32 S on tensor cores, the scale folded into exp2 (log2 domain), fp32 m and l,
 P̄ cast to bf16 for P̄·V, an fp32 running output rescaled by α = exp2(m_old −
 m_new), one final division and cast.  GPU kernel: ``flashbits.gpu.kernels.fa2``.
+
+This module holds the family's stage table, its per-key-block step for the shared
+row driver (:func:`..rows.drive_rows`) and its cached top-level kernel.  The op
+sequence is docs/recipes.md's, one stage rounding per table row; stage indices
+come from the table (``STAGE.x``), never numbered by hand.
 """
 
 from __future__ import annotations
 
+import numba as nb
+import numpy as np
+
 from . import Family
-from ..stages import CASTS, ROUNDINGS, StageSpec, stage_table
+from ..rows import (Running, block_operand, kernel_args, make_job, make_row_driver, row_operand, set_p_operand,
+                    valid_key)
+from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
+from ..units import (FIX_OFFSET, FIX_PAPER, arith_fma, arith_mul, ex2_unit, maxnum, round_add, round_fma, round_mul,
+                     round_stage, row_tree_sum, tc_stage)
 
 FA2_STAGES = stage_table(
     StageSpec("S", "S = Q·Kᵀ on tensor cores (wgmma chain, fp32 accumulator from +0)", "tensor_core"),
@@ -30,18 +42,127 @@ FA2_STAGES = stage_table(
     StageSpec("O_cast", "O → output format", format="bf16", formats=CASTS, roundings=ROUNDINGS),
 )
 
+STAGE = stage_indices(FA2_STAGES)   # a global namedtuple: numba freezes STAGE.x to a constant
+
+
+@nb.njit(cache=True, error_model="numpy")
+def scores(job, stages, work, bh, i, j0):
+    """work.scores = S = Q·Kᵀ of row i on key block j0.. (masked lanes −inf, not computed);
+    returns the block's raw max (PTX max: NaN scores ignored)."""
+    # array fields read once: each read of one is a reference-count inc/dec pair
+    block_scores = work.scores
+    q = row_operand(job.operands.q, bh)
+    kT = row_operand(job.operands.kT, bh)
+    depth = q.values.shape[1]
+    tiling = job.tiling
+    block_max = -np.inf
+    for jj in range(tiling.block_n):
+        j = j0 + jj
+        if valid_key(i, j, tiling.Nk, tiling.causal):
+            s = tc_stage(stages, STAGE.S, job.units.hw, q, i, kT, j, depth, 0.0, job.units.tc_qk)
+            block_scores[jj] = s
+            block_max = maxnum(block_max, s)
+        else:
+            block_scores[jj] = -np.inf
+    return block_max
+
+
+@nb.njit(cache=True, error_model="numpy")
+def fixed_block_max(job, stages, work, i, j0, raw_max):
+    """The block max in the log2 domain, raw_max·c (c = fl32(scale·log2 e)), with the fix."""
+    # array fields read once: each read of one is a reference-count inc/dec pair
+    block_scores = work.scores
+    sc = job.scalars
+    arith = job.units.arith
+    c = sc.qk_scale
+    if raw_max != raw_max:
+        t = raw_max
+    elif sc.fix_kind == FIX_OFFSET:
+        # bm·c + δ' (a kernel would contract it into one fma, as it does thr)
+        t = round_fma(stages, STAGE.m_scale, raw_max, c, sc.delta, 0)
+    else:
+        t = round_mul(stages, STAGE.m_scale, raw_max, c, 0)
+    if sc.fix_kind == FIX_PAPER and t == t:
+        # the compiled kernel contracts (max·c) − ε' into one fma; the comparisons are
+        # un-staged fp32 arithmetic (not ledger operations)
+        thr = arith_fma(raw_max, c, -sc.eps, arith)
+        n = 0
+        for jj in range(job.tiling.block_n):
+            if valid_key(i, j0 + jj, job.tiling.Nk, job.tiling.causal):
+                if arith_mul(block_scores[jj], c, arith) >= thr:
+                    n += 1
+        if n > 1:
+            if t > 0.0:
+                t = arith_mul(t, sc.beta, arith)
+            elif t < 0.0:
+                t = 0.0
+    return t
+
+
+@nb.njit(cache=True, error_model="numpy")
+def block_step(job, stages, work, bh, i, jb, running):
+    """Key block jb of row i: S, m_new, P̄ = exp2(fma(S, c, −m_new)), l and acc rescaled by
+    α = exp2(m − m_new), then acc += bf16(P̄)·V on tensor cores."""
+    # array fields read once: each read of one is a reference-count inc/dec pair
+    block_scores = work.scores
+    block_probs = work.probs
+    p_operand = work.p_operand
+    tiling = job.tiling
+    units = job.units
+    block_n = tiling.block_n
+    Nq = job.operands.q.values.shape[1]
+    j0 = jb * block_n
+    raw_max = scores(job, stages, work, bh, i, j0)
+    m_new = maxnum(running.m, fixed_block_max(job, stages, work, i, j0, raw_max))
+    # P̄ = exp2(fma(S, c, −m_new)); masked lanes are 0
+    for jj in range(block_n):
+        if valid_key(i, j0 + jj, tiling.Nk, tiling.causal):
+            x = round_fma(stages, STAGE.x, block_scores[jj], job.scalars.qk_scale, -m_new, 0)
+            block_probs[jj] = ex2_unit(stages, STAGE.P, x, units, True)
+        else:
+            block_probs[jj] = 0.0
+    l_blk = row_tree_sum(stages, STAGE.l_blk, block_probs, block_n)
+    alpha_arg = round_add(stages, STAGE.alpha_arg, running.m, -m_new, 0)
+    alpha = ex2_unit(stages, STAGE.alpha, alpha_arg, units, True)
+    l = round_fma(stages, STAGE.l, running.l, alpha, l_blk, 0)
+    acc = work.acc
+    for d in range(acc.size):
+        acc[d] = round_mul(stages, STAGE.acc_scale, acc[d], alpha, 0)
+    # P̄ → operand format (sr word at the score's flat index), then P̄·V + acc on tensor cores
+    for jj in range(block_n):
+        j = j0 + jj
+        if valid_key(i, j, tiling.Nk, tiling.causal):
+            p = round_stage(stages, STAGE.P_cast, block_probs[jj], 0.0, (bh * Nq + i) * tiling.Nk + j)
+        else:
+            p = 0.0
+        set_p_operand(p_operand, jj, p, units.p_mant, units.p_emin)
+    v = block_operand(job.operands.v, bh, j0, j0 + block_n)
+    for d in range(acc.size):
+        acc[d] = tc_stage(stages, STAGE.PV, units.hw, p_operand, 0, v, d, block_n, acc[d], units.tc_pv)
+    return Running(m_new, l, running.l_comp)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def finish_row(job, stages, work, running):
+    """fa2 divides the fp32 accumulator by l as it is."""
+    return running.l
+
+
+drive_rows = make_row_driver(block_step, finish_row, STAGE.div, STAGE.O_cast)
+
+
+@nb.njit(cache=True, parallel=True, error_model="numpy")
+def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
+    """The fa2 recipe for every row of every (batch·head) (rows.kernel_args), ledger chunks
+    in parallel."""
+    n_chunks = outputs.ledgers.shape[0]
+    for ch in nb.prange(n_chunks):
+        drive_rows(make_job(q, kT, v, scalars, units, plan, tiling, outputs), ch, n_chunks)
+
 
 def emulate(run):
     """Fill ``run``'s outputs (api.EmulatorRun) with the fa2 op sequence, every row."""
-    from .. import kernel as K
-
-    sc = run.scalars
-    K.fa2_rows(run.q, run.q_sig, run.q_exp, run.q_spec, run.kT, run.kT_sig, run.kT_exp, run.kT_spec,
-               run.v, run.v_sig, run.v_exp, run.v_spec, run.Nk, run.causal, run.recipe.block_m,
-               run.recipe.block_n, sc.qk_scale, run.fix_kind, sc.eps, sc.beta, sc.delta,
-               run.plan, run.tc_qk, run.tc_pv, run.p_mant, run.p_emin, run.ex2_pos, run.ex2_neg, run.ex2_params,
-               run.hw, run.record, run.keep, run.arith, run.out, run.m, run.l, run.acc, run.m_blocks,
-               run.l_blocks, run.ledgers)
+    kernel(*kernel_args(run.job))
 
 
 FAMILY = Family(name="fa2", doc="FlashAttention-2 / Triton tutorial: fp32 S, m, l and running output, "

@@ -2,11 +2,11 @@
 per thread only where the decision moved a row's m.
 
 The fix decides each row's m_new from the block's two largest scores, and the
-exps need m_new: in gpu.kernels._fa2_softmax the decision sits between the
+exps need m_new: in the fa2 kernel's softmax step (hooked_fa2._fa2_softmax) the decision sits between the
 block max and the exps, on the softmax's critical path.  Here, in the unmasked
 blocks with the fix:
 
-    bm, two = top-2 of the block          (as gpu.kernels._top2_block_max)
+    bm, two = top-2 of the block          (as hooked_fa2._top2_block_max)
     m0      = max(m_old, bm)              (the plain max: no fix)
     P       = exp2(qk·c − m0)             (starts as soon as bm is known)
     m_new   = max(m_old, shift(bm, two))  (the fix's decision, off the exps' path)
@@ -19,17 +19,17 @@ row some thread of the warp holds moved; it repeats _fa2_p's ``fma.rn.f32``
 and ``ex2.approx.ftz.f32`` with m_new, so P has the production bits (in a row
 that did not move, m_new = m0 or the two differ only in the sign of a zero,
 which gives the same P).  Everything else is
-gpu.kernels' own code, so every output must be bit-identical to the production
+the production kernel's own code (hooked_fa2), so every output must be bit-identical to the production
 kernel; the GPU run checks that on every element before it times anything.
 
 Two variants (STEPS): ``top2`` takes the plain max from the fold's first slot,
 ``count`` takes it from its own max reduction and decides n > 1 by counting
 the scores at or above the threshold.
 
-    PYTHONPATH=. python -m flashbits.gpu.probes.speculative_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m flashbits.gpu.probes.speculative_fa2 --sass               # compile for sm_90 here
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.speculative_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.speculative_fa2 --sass               # compile for sm_90 here
 
-A negative result.  On the H200 (benchmarks/results/h200_speculative_fa2.json)
+A negative result.  On the H200 (benchmarks/kernel_experiments/results/h200_speculative_fa2.json)
 both variants are bit-identical to the production kernel (96 launches,
 132,075,120 elements) and slower with the fix: 374–384 TFLOP/s non-causal
 against production's 409–416, a fix cost of 23–26% against 14–15% in the same
@@ -48,8 +48,17 @@ import sys
 import triton
 import triton.language as tl
 
-from flashbits.gpu.kernels import _fa2_alpha, _fa2_l_update, _fa2_p, _fa2_step, _paper_fix_shift, _top2_block_max
-from flashbits.gpu.probes.same_bits import Tally, probe_inputs, write_record
+from benchmarks.kernel_experiments.hooked_fa2 import (
+    _fa2_alpha,
+    _fa2_fwd,
+    _fa2_l_update,
+    _fa2_p,
+    _fa2_step,
+    _paper_fix_shift,
+    _top2_block_max,
+    use_kernel,
+)
+from benchmarks.kernel_experiments.same_bits import Tally, probe_inputs, write_record
 
 # The scores one thread holds: the fa2 tile (128 × 64, 8 warps) in the wgmma
 # accumulator layout gives each thread two rows (r, r + 8) × 16 columns.  Its
@@ -111,7 +120,7 @@ def _finish_step(qk, p, m_i, m0, m_new, l_i, acc, qk_scale):
 
 @triton.jit
 def _step_top2(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexpr, MASKED: tl.constexpr):
-    """flashbits.gpu.kernels._fa2_step, the unmasked fix step reordered: the plain max from
+    """hooked_fa2._fa2_step, the unmasked fix step reordered: the plain max from
     the top-2 fold's first slot."""
     if FIX and not MASKED:
         bm, two = _top2_block_max(qk, qk_scale, eps2)
@@ -148,31 +157,10 @@ def _step_count(qk, m_i, l_i, acc, valid, qk_scale, eps2, beta, FIX: tl.constexp
 STEPS = {"top2": _step_top2, "count": _step_count}
 
 
-class _use_step:
-    """Within the block, gpu.flash_attention's fa2 launches run STEPS[name] (the
-    kernel's STEP constexpr)."""
-
-    class _Launcher:
-        def __init__(self, kern, step):
-            self.kern, self.step = kern, step
-
-        def __getitem__(self, grid):
-            launch = self.kern[grid]
-            return lambda *args, **kw: launch(*args, STEP=self.step, **kw)
-
-    def __init__(self, name):
-        self.step = STEPS[name]
-
-    def __enter__(self):
-        from flashbits.gpu import kernels
-
-        self._saved = kernels._fa2_fwd
-        kernels._fa2_fwd = self._Launcher(self._saved, self.step)
-
-    def __exit__(self, *exc):
-        from flashbits.gpu import kernels
-
-        kernels._fa2_fwd = self._saved
+def _use_step(name):
+    """Within the block, gpu.flash_attention's fa2 launches run hooked_fa2's kernel
+    with STEPS[name] (its STEP constexpr)."""
+    return use_kernel(STEP=STEPS[name])
 
 
 def compiler_report(D=128):
@@ -184,7 +172,7 @@ def compiler_report(D=128):
     variants also whether the redo's test covers every row its thread holds
     (from the LLVM IR: the moved-flags of elements _ROW_REPS take every distinct
     value among the thread's flags)."""
-    from flashbits.gpu.probes.resources import (
+    from flashbits.gpu.compile import (
         compile_kernel,
         ptxas_report,
         sass_loops,
@@ -194,7 +182,8 @@ def compiler_report(D=128):
 
     out = []
     for name, extra in [("production", None)] + [(n, {"STEP": f}) for n, f in STEPS.items()]:
-        k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=True, extra=extra)
+        # production: the installed kernel; the variants: hooked_fa2's copy with their STEP
+        k = compile_kernel(_fa2_fwd if extra else "_fa2_fwd", D, 128, 64, 8, 3, fix=True, extra=extra)
         regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
         n, ops = sass_loops(k.asm["cubin"])[0]
         row = {"kernel": name, "registers": regs, "spill_bytes": spill,
@@ -237,7 +226,7 @@ def _redo_test_covers_rows(llir):
 def check_bits(rows):
     """Every element of out, m, l (and the dumps) of every STEPS variant equal to
     the production kernel's, with the fix (without it the variants are
-    gpu.kernels._fa2_step itself): random data, tied data (the fix fires in most
+    hooked_fa2._fa2_step itself): random data, tied data (the fix fires in most
     rows) and near ties (in a few), causal and not, rne without dumps and sr
     with them."""
     from flashbits.gpu import flash_attention

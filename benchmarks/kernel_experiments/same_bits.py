@@ -70,7 +70,7 @@ def write_record(path, bits, mismatches, bench):
     """A probe's GPU record: provenance, the bit check, its mismatch rows, the timings."""
     import json
 
-    from flashbits.gpu.probes.provenance import provenance
+    from flashbits.gpu.provenance import provenance
 
     with open(path, "w") as f:
         json.dump({"provenance": provenance(), "bits_vs_production": bits, "mismatches": mismatches,

@@ -2,9 +2,11 @@
 kernels support is run through the kernel on the H200 and compared bit for bit with
 the emulator on the same inputs (production launch: out, m, l).
 
-    PYTHONPATH=. python -m flashbits.gpu.probes.bias_confirm OUT.json [RECORD.npz]
+    PYTHONPATH=. python -m flashbits.crosscheck.bias_confirm OUT.json [RECORD.npz]
 
-Every fix (none, paper β = 2, 4, 8) with rne and with sr of the P̄ and output casts.
+(the ``bias`` part of ``python -m flashbits.crosscheck.records regenerate``).  Every
+recipe (emulator.RECIPES) × every fix the kernels implement (none; paper with
+β = 2, 4, 8) × rne and sr of the P̄ and output casts.
 """
 
 from __future__ import annotations
@@ -13,13 +15,17 @@ import json
 import sys
 import time
 
-from flashbits.crosscheck.compare import compare_sides
-from flashbits.crosscheck.record import save_record
-from flashbits.crosscheck.regimes import REGIMES, regime_case, regime_inputs
-from flashbits.crosscheck.sides import Config, emulator_side, gpu_side
-from flashbits.gpu.probes.provenance import provenance
+from flashbits.emulator import RECIPES
+from flashbits.gpu.provenance import provenance
 
-FIXES = [(None, 2.0), ("paper", 2.0), ("paper", 4.0), ("paper", 8.0)]
+from .compare import compare_sides
+from .record import save_record
+from .regimes import REGIMES, regime_case, regime_inputs
+from .sides import KERNEL_FIXES, Config, emulator_side, gpu_side
+
+# (fix, β): each fix the kernels implement, the paper fix at three β
+BETAS = {"paper": (2.0, 4.0, 8.0)}
+FIXES = [(fix, beta) for fix in KERNEL_FIXES for beta in BETAS.get(fix, (2.0,))]
 # cells whose inputs and GPU bits are kept as a golden record (CI replays them)
 RECORD = {("ties-12", "fa2", None, 2.0, "rne"), ("ties-12", "fa2", "paper", 2.0, "sr"),
           ("ties-15", "fa2", "paper", 8.0, "rne"), ("ties-12", "paper", None, 2.0, "rne"),
@@ -36,7 +42,7 @@ def main(argv=None):
     entries = []
     for regime in REGIMES:
         q, k, v = regime_inputs(regime)
-        for recipe in ("paper", "fa2"):
+        for recipe in RECIPES:
             for fix, beta in FIXES:
                 for rounding in ("rne", "sr"):
                     cfg = Config(recipe=recipe, fix=fix, rounding=rounding, seed=0, beta=beta)
@@ -45,7 +51,7 @@ def main(argv=None):
                     if (regime, recipe, fix, beta, rounding) in RECORD and case is not None:
                         entries.append({"case": case, "cfg": cfg, "q": q, "k": k, "v": v, "prod": g, "dump": None})
                     e = emulator_side(q, k, v, False, cfg, dump=False)
-                    r = compare_sides(e, g, ("m", "l", "out"))
+                    r = compare_sides(e, g, cfg.compared("production"))
                     cells.append({"regime": regime, "recipe": recipe, "fix": fix, "beta": beta,
                                   "rounding": rounding, "elements": r["elements"],
                                   "mismatches": r["mismatches"], "first_mismatch": r["first_mismatch"]})

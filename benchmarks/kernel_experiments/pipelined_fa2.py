@@ -1,10 +1,10 @@
 """Experiment: the fa2 kernel with the P·V product of block j−1 in flight during
 block j's softmax (FlashAttention-3's intra-warpgroup overlap), in plain Triton.
 
-    PYTHONPATH=. python -m flashbits.gpu.probes.pipelined_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m flashbits.gpu.probes.pipelined_fa2 --ptx                # compiler view, no GPU
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.pipelined_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.pipelined_fa2 --ptx                # compiler view, no GPU
 
-Same operations, same order per element as ``gpu.kernels._fa2_fwd`` (so the
+Same operations, same order per element as ``flashbits.gpu.kernels.fa2._fa2_fwd`` (so the
 same bits: checked here on every element against the production kernel, which
 the crosscheck ties to the emulator); only the issue order changes:
 
@@ -21,8 +21,8 @@ Two obstacles in Triton 3.6 and how this file gets past them, for the record:
 
 Not the production kernel: ptxas still decides where the waits land.  This
 probe measures whether it pays, fix and no fix, against the production kernel
-in the same run.  On the H200 it did not (benchmarks/results/
-h200_pipelined_fa2_probe.json, docs/hardware.md "The attention kernels"):
+in the same run.  On the H200 it did not (benchmarks/kernel_experiments/results/
+h200_pipelined_fa2_probe.json, LAB.md):
 bit-identical, 5–7% slower, and the fix costs the same 10–11%.  ``--ptx`` shows
 why without a GPU: the PTX has the whole softmax (34 ex2) between the P·V commit
 and its wait, but ptxas adds a wait of its own before it (0 ex2 left in flight
@@ -38,8 +38,9 @@ import sys
 import triton
 import triton.language as tl
 
-from flashbits.gpu.kernels import _fa2_softmax, _p_cast
-from flashbits.gpu.probes.same_bits import Tally, probe_inputs, write_record
+from benchmarks.kernel_experiments.hooked_fa2 import _fa2_fwd, _fa2_softmax, use_kernel
+from flashbits.gpu.kernels.common import _p_cast
+from benchmarks.kernel_experiments.same_bits import Tally, probe_inputs, write_record
 
 _PK_N = 8
 _PK = tl.constexpr(_PK_N)
@@ -62,7 +63,7 @@ def _pipelined_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, 
             Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
             FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr,
             STEP: tl.constexpr = None):
-    """flashbits.gpu.kernels._fa2_blocks with P·V of block j−1 issued before block j's softmax
+    """hooked_fa2._fa2_blocks with P·V of block j−1 issued before block j's softmax
     (_fa2_softmax, then the rescale fused with the wait: STEP, the production
     step, is split here, so the kernel's STEP argument is not used)."""
     if hi > lo:
@@ -115,28 +116,10 @@ def _pipelined_blocks(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, 
     return acc, m_i, l_i
 
 
-class _use_pipelined:
-    """Within the block, gpu.flash_attention's fa2 launches run the key-block loop
-    of this file (the kernel's BLOCKS constexpr)."""
-
-    class _Launcher:
-        def __init__(self, kern):
-            self.kern = kern
-
-        def __getitem__(self, grid):
-            launch = self.kern[grid]
-            return lambda *args, **kw: launch(*args, BLOCKS=_pipelined_blocks, **kw)
-
-    def __enter__(self):
-        from flashbits.gpu import kernels
-
-        self._saved = kernels._fa2_fwd
-        kernels._fa2_fwd = self._Launcher(self._saved)
-
-    def __exit__(self, *exc):
-        from flashbits.gpu import kernels
-
-        kernels._fa2_fwd = self._saved
+def _use_pipelined():
+    """Within the block, gpu.flash_attention's fa2 launches run hooked_fa2's kernel
+    with the key-block loop of this file (its BLOCKS constexpr)."""
+    return use_kernel(BLOCKS=_pipelined_blocks)
 
 
 def _ex2_in_flight(lines, issue, commit, wait, ex2):
@@ -161,9 +144,9 @@ def compiler_report(fix=False, D=128):
     serialised the wgmmas (C7514, C7515), and per P·V wgmma group the ex2 count between
     its issue and the next wait in the PTX (what Triton emitted) and in the SASS
     (what ptxas kept; it places waits of its own)."""
-    from flashbits.gpu.probes.resources import compile_kernel, ptxas_report, sass_text, wgmma_serialised
+    from flashbits.gpu.compile import compile_kernel, ptxas_report, sass_text, wgmma_serialised
 
-    k = compile_kernel("_fa2_fwd", D, 128, 64, 8, 3, fix=fix, extra={"BLOCKS": _pipelined_blocks})
+    k = compile_kernel(_fa2_fwd, D, 128, 64, 8, 3, fix=fix, extra={"BLOCKS": _pipelined_blocks})
     ptx = k.asm["ptx"].splitlines()
     regs, spill, msgs = ptxas_report(k.asm["ptx"], messages=True)
     sass = sass_text(k.asm["cubin"]).splitlines()

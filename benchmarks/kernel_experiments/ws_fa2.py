@@ -20,14 +20,14 @@ run checks and times every one beside the production kernel:
   threshold (one ALU op per score, ``set.ge``, plus two on the FMA pipe) instead
   of the top-2 fold (two ALU ops per score): the same decision, the same bits.
 
-    PYTHONPATH=. python -m flashbits.gpu.probes.ws_fa2 [--json OUT.json]   # on the GPU
-    PYTHONPATH=. python -m flashbits.gpu.probes.ws_fa2 --ptx                # compile for sm_90 here
-    OUT=dir bash gpu/probes/profile_ws_fa2.sh                     # Nsight Compute, on the GPU
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.ws_fa2 [--json OUT.json]   # on the GPU
+    PYTHONPATH=. python -m benchmarks.kernel_experiments.ws_fa2 --ptx                # compile for sm_90 here
+    OUT=dir bash benchmarks/kernel_experiments/profile_ws_fa2.sh                     # Nsight Compute, on the GPU
 
 Scope: non-causal, Nq = Nk a multiple of 128, head dim 128, round to nearest,
 no dumps — the benchmark's case.  Every row runs the same operations in the
-same order as gpu.kernels._fa2_fwd's unmasked loop (the same wgmma shapes per
-warpgroup; the softmax step is gpu.kernels' own, compiled as Gluon, so the same
+same order as the production fa2 kernel's unmasked loop (the same wgmma shapes per
+warpgroup; the softmax step is the production kernel's own (hooked_fa2), compiled as Gluon, so the same
 reductions in the same layout and the same contractions), so the outputs must be
 bit-identical to the production kernel; the GPU run checks that on every element
 of every schedule before it times anything.
@@ -49,8 +49,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from flashbits.gpu.kernels import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
-from flashbits.gpu.probes.same_bits import bits_equal
+from benchmarks.kernel_experiments.hooked_fa2 import _fa2_exp, _fa2_l, _fa2_p, _fa2_row_max, _fa2_softmax
+from benchmarks.kernel_experiments.same_bits import bits_equal
 
 BLOCK_M = 128   # N must be a multiple of this (two consumer warpgroups of 64 rows)
 BLOCK_N = 64    # keys per block (the recipe's block_n)
@@ -88,7 +88,7 @@ _l = gluon.jit(_fa2_l.fn)
 
 @gluon.jit
 def _row_max_count(qk, m_i, qk_scale, eps2, beta):
-    """flashbits.gpu.kernels._fa2_row_max (unmasked, with the fix) deciding n > 1 by counting
+    """hooked_fa2._fa2_row_max (unmasked, with the fix) deciding n > 1 by counting
     the scores with fl(s·c) >= thr, as the masked loop does: ``set.ge.f32.f32``
     writes 1.0 or 0.0 (0.0 for NaN, as the compare is ordered) and the row sum
     of those is exact.  The same decision as the top-2 fold, with one ALU
@@ -542,7 +542,7 @@ def main(argv=None):
     ap.add_argument("--ptx", action="store_true", help="only compile for sm_90 here: registers, spills, loop sizes")
     ap.add_argument("--once", metavar="SCHEDULE", choices=SCHEDULES,
                     help="only launch that schedule twice on the benchmark shape (for a profiler: "
-                         "gpu/probes/profile_ws_fa2.sh)")
+                         "benchmarks/kernel_experiments/profile_ws_fa2.sh)")
     ap.add_argument("--fix", action="store_true", help="with --once: the paper fix")
     args = ap.parse_args(argv)
     if args.once:
@@ -555,7 +555,7 @@ def main(argv=None):
         torch.cuda.synchronize()
         return 0
     if args.ptx:
-        from flashbits.gpu.probes.resources import ptxas_report, sass_loops, wgmma_serialised
+        from flashbits.gpu.compile import ptxas_report, sass_loops, wgmma_serialised
 
         for schedule in SCHEDULES:
             for fix in (False, True):
@@ -571,7 +571,7 @@ def main(argv=None):
     bits = check_bits()
     perf = bench(args.reps) if bits["mismatching_launches"] == 0 else []
     if args.json:
-        from flashbits.gpu.probes.provenance import provenance
+        from flashbits.gpu.provenance import provenance
 
         with open(args.json, "w") as f:
             json.dump({"provenance": provenance(), "bits_vs_production": bits, "bench": perf}, f, indent=1)

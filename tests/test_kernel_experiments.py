@@ -1,18 +1,21 @@
-"""The three kernel-schedule probes (negative results on the fix's cost, see
-docs/hardware.md "The attention kernels") compile for sm_90 on the CPU into what
+"""The three kernel-schedule experiments (negative results on the fix's cost, see
+benchmarks/kernel_experiments/LAB.md) compile for sm_90 on the CPU into what
 their GPU records measured.  Compiled in a child process (compiler_child).
 
-gpu/probes/pipelined_fa2.py says it gets past Triton's wgmma pipeliner — the P·V
+Opt-in (marker ``experiments``): skipped unless pytest runs with ``-m experiments``
+(the experiments are not part of the package; they take minutes to compile).
+
+benchmarks/kernel_experiments/pipelined_fa2.py says it gets past Triton's wgmma pipeliner — the P·V
 wgmma of block j−1 is committed and then the whole softmax of block j (its
 E = 32 ex2 per thread, plus α's two) comes before the next wait in the PTX —
 without ptxas serialising every wgmma (performance notes C7514, C7515).
 
-gpu/probes/ws_fa2.py (the warp-specialised Gluon experiment, seven variants): no
+benchmarks/kernel_experiments/ws_fa2.py (the warp-specialised Gluon experiment, seven variants): no
 register spills, no wgmma serialisation, and one consumer loop per warpgroup role
 whose size differs between fix and no fix only by the fix's work (and, in the
 speculative schedule, the redone exps).
 
-gpu/probes/speculative_fa2.py (exps before the fix's decision, a per-warp redo):
+benchmarks/kernel_experiments/speculative_fa2.py (exps before the fix's decision, a per-warp redo):
 no spills or serialisation, a redo test that sees both rows of its thread, and
 the compiler fact behind its GPU record (the rescale pushed past the branch).
 """
@@ -28,15 +31,24 @@ if importlib.util.find_spec("triton") is None:
 
 from compiler_child import json_lines_of
 
+pytestmark = pytest.mark.experiments
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _opt_in(request):
+    """Skip unless the run selected the marker (``-m experiments``)."""
+    if "experiments" not in (request.config.getoption("markexpr", "") or ""):
+        pytest.skip("kernel experiments are opt-in: pytest -m experiments tests/test_kernel_experiments.py")
+
 
 @pytest.fixture(scope="module")
 def pipelined():
-    return json_lines_of("flashbits.gpu.probes.pipelined_fa2", "--ptx")
+    return json_lines_of("benchmarks.kernel_experiments.pipelined_fa2", "--ptx")
 
 
 @pytest.fixture(scope="module")
 def ws():
-    return json_lines_of("flashbits.gpu.probes.ws_fa2", "--ptx")
+    return json_lines_of("benchmarks.kernel_experiments.ws_fa2", "--ptx")
 
 
 def test_pipelined_both_variants_reported(pipelined):
@@ -66,7 +78,7 @@ def _ws_consumer_loops(r):
 
 
 def test_ws_compiles_without_spills_or_serialisation(ws):
-    from flashbits.gpu.probes.ws_fa2 import SCHEDULES
+    from benchmarks.kernel_experiments.ws_fa2 import SCHEDULES
 
     assert [(r["schedule"], r["fix"]) for r in ws] == [(s, f) for s in SCHEDULES for f in (False, True)]
     for r in ws:
@@ -97,13 +109,13 @@ def test_ws_speculative_schedule_holds_the_redo_of_the_exps(ws):
 
 @pytest.fixture(scope="module")
 def speculative():
-    return json_lines_of("flashbits.gpu.probes.speculative_fa2", "--sass")
+    return json_lines_of("benchmarks.kernel_experiments.speculative_fa2", "--sass")
 
 
 def test_speculative_variants_compile_and_their_redo_sees_every_row(speculative):
     # the redo tests the moved-flags of a few elements only; its bits are the
     # production kernel's only if those elements cover both rows a thread holds
-    from flashbits.gpu.probes.speculative_fa2 import STEPS
+    from benchmarks.kernel_experiments.speculative_fa2 import STEPS
 
     assert [r["kernel"] for r in speculative] == ["production", *STEPS]
     for r in speculative:

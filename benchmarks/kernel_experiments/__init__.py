@@ -1,0 +1,1 @@
+"""Kernel experiments (not installed): python -m benchmarks.kernel_experiments.<name>; see LAB.md."""
