@@ -74,11 +74,11 @@ def cast_pair(plan, ledger, record, st_op, st_cast, hi, lo, offset):
 
 
 @nb.njit(cache=True, error_model="numpy")
-def acc_update(plan, ledger, record, accumulator, alpha, x, y, comp, offset):
+def acc_update(plan, ledger, record, accumulator, compensated, alpha, x, y, comp, offset):
     """The running bf16 accumulator update x ← cast(cast(α·x) + y), optionally compensated.
 
-    ``accumulator``: its stages (L_ACCUMULATOR or O_ACCUMULATOR); the add-cast stage's
-    plan row says whether it is compensated.  Returns (new x, new compensation).  Compensated
+    ``accumulator``: its stages (L_ACCUMULATOR or O_ACCUMULATOR); ``compensated``: the
+    add-cast stage's plan flag, read once per block.  Returns (new x, new compensation).  Compensated
     (Kahan–Neumaier): the rounding error e of the add is computed in fp32 and gathered
     in a compensation term of the accumulator's format, itself scaled by α.
     """
@@ -86,7 +86,7 @@ def acc_update(plan, ledger, record, accumulator, alpha, x, y, comp, offset):
     xm = cast_pair(plan, ledger, record, st_mul, st_mul_cast, alpha * x, 0.0, offset)
     xa = round_add(plan, ledger, record, st_add, xm, y, 0)
     xn = round_stage(plan, ledger, record, st_add_cast, xa, 0.0, offset)
-    if not plan[st_add_cast, PLAN_COMPENSATED]:
+    if not compensated:
         return xn, comp
     if abs(xm) >= abs(y):
         e = round_add(plan, ledger, record, STAGE.comp, round_add(plan, ledger, record, STAGE.comp, xm, -xn, 0), y, 0)
@@ -196,17 +196,21 @@ def block_step(job, stages, work, bh, i, jb, running):
     alpha = round_stage(plan, ledger, record, STAGE.alpha_cast,
                         ex2_unit(plan, ledger, record, STAGE.alpha, a_e_arg, hw, ex2_pos, ex2_neg, ex2_params, False),
                         0.0, block_off)
-    l, l_comp = acc_update(plan, ledger, record, L_ACCUMULATOR, alpha, running.l, l_blk, running.l_comp, block_off)
+    l_compensated = plan[STAGE.l_add_cast, PLAN_COMPENSATED] != 0
+    l, l_comp = acc_update(plan, ledger, record, L_ACCUMULATOR, l_compensated, alpha, running.l, l_blk, running.l_comp,
+                           block_off)
     for jj in range(block_n):
         set_p_operand(p_operand, jj, block_probs[jj], p_mant, p_emin)
     v_values, v_sig, v_exp, v_spec = block_operand(job.operands.v, bh, j0, j0 + block_n)
     D = acc.size
+    o_compensated = plan[STAGE.O_add_cast, PLAN_COMPENSATED] != 0
     for d in range(D):
         off = block_off * D + d
         pv = tc_stage(plan, ledger, record, STAGE.PV, hw, p_values, p_sig, p_exp, p_spec, 0,
                       v_values, v_sig, v_exp, v_spec, d, block_n, 0.0, tc_pv)
         pv = round_stage(plan, ledger, record, STAGE.PV_cast, pv, 0.0, off)
-        acc[d], acc_comp[d] = acc_update(plan, ledger, record, O_ACCUMULATOR, alpha, acc[d], pv, acc_comp[d], off)
+        acc[d], acc_comp[d] = acc_update(plan, ledger, record, O_ACCUMULATOR, o_compensated, alpha, acc[d], pv,
+                                         acc_comp[d], off)
     return Running(m_new, l, l_comp)
 
 
