@@ -151,7 +151,10 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage):
         tiling = job.tiling
         BH, Nq, D = job.operands.q.values.shape
         block_n = tiling.block_n
-        stages = StageContext(job.plan, outs.ledgers[ch], outs.record)
+        plan = job.plan
+        ledger = outs.ledgers[ch]
+        record = outs.record
+        stages = StageContext(plan, ledger, record)
         work = Work(np.empty(block_n), np.empty(block_n),
                     Operand(np.zeros((1, block_n)), np.zeros((1, block_n), np.int64), np.zeros((1, block_n), np.int64),
                             np.zeros((1, block_n), np.int8)),
@@ -174,8 +177,8 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage):
             for d in range(D):
                 if outs.keep:
                     outs.acc[bh, i, d] = work.acc[d]
-                o = round_div(stages, div_stage, work.acc[d], l, 0)
-                outs.out[bh, i, d] = round_stage(stages, out_stage, o, 0.0, (bh * Nq + i) * D + d)
+                o = round_div(plan, ledger, record, div_stage, work.acc[d], l, 0)
+                outs.out[bh, i, d] = round_stage(plan, ledger, record, out_stage, o, 0.0, (bh * Nq + i) * D + d)
             outs.m[bh, i] = running.m
             outs.l[bh, i] = l
 

@@ -11,8 +11,13 @@ sum) reproduce the GPU bit for bit; with ``hw`` False each unit is its float64
 IEEE counterpart (the "every stage in float64" mode), and a stage's ``exact``
 plan flag (ablation) replaces the unit by the exact operation rounded once.
 
-:class:`StageContext` is what every stage rounding needs: the plan, the ledger
-chunk this row writes into, and whether to record.
+:class:`StageContext` groups what every stage rounding needs: the plan, the ledger
+chunk this row writes into, and whether to record.  The per-element helpers here
+(round_*, the units) take its three fields as plain arguments, and take the
+tensor-core operands and MUFU tables as plain arrays: numba increfs and decrefs
+every array it reads out of a tuple, and in helpers called per element that
+costs several per cent of the run time.  A per-block step unpacks the groups once
+and passes the fields down.
 """
 
 from __future__ import annotations
@@ -147,56 +152,51 @@ def stage_word(plan, stage, offset):
 
 
 @nb.njit(inline="always", error_model="numpy")
-def recorded(stages, stage, v, err, flags):
+def recorded(ledger, record, stage, v, err, flags):
     """v, after recording its rounding (err, flags) in ledger row ``stage`` when recording."""
-    if stages.record:
-        record_rounding(stages.ledger, stage, err, flags)
+    if record:
+        record_rounding(ledger, stage, err, flags)
     return v
 
 
 @nb.njit(cache=True, error_model="numpy")
-def round_stage(stages, stage, hi, lo, offset):
+def round_stage(plan, ledger, record, stage, hi, lo, offset):
     """hi + lo (exact) rounded once by ``stage``'s format/mode, recorded."""
-    plan = stages.plan
     v, err, fl = rnd(hi, lo, stage_target(plan, stage), plan[stage, PLAN_MODE], stage_word(plan, stage, offset),
                      plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
-    return recorded(stages, stage, v, err, fl)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def round_add(stages, stage, a, b, offset):
+def round_add(plan, ledger, record, stage, a, b, offset):
     """a + b computed exactly, rounded once by ``stage``'s format/mode, recorded."""
-    plan = stages.plan
     v, err, fl = rnd_add(a, b, stage_target(plan, stage), plan[stage, PLAN_MODE], stage_word(plan, stage, offset),
                          plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
-    return recorded(stages, stage, v, err, fl)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def round_mul(stages, stage, a, b, offset):
+def round_mul(plan, ledger, record, stage, a, b, offset):
     """a · b computed exactly, rounded once by ``stage``'s format/mode, recorded."""
-    plan = stages.plan
     v, err, fl = rnd_mul(a, b, stage_target(plan, stage), plan[stage, PLAN_MODE], stage_word(plan, stage, offset),
                          plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
-    return recorded(stages, stage, v, err, fl)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def round_fma(stages, stage, a, b, c, offset):
+def round_fma(plan, ledger, record, stage, a, b, c, offset):
     """a·b + c exact (a, b ≤ 26 bits), rounded once by ``stage``'s format/mode, recorded."""
-    plan = stages.plan
     v, err, fl = rnd_fma(a, b, c, stage_target(plan, stage), plan[stage, PLAN_MODE], stage_word(plan, stage, offset),
                          plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
-    return recorded(stages, stage, v, err, fl)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def round_div(stages, stage, a, b, offset):
+def round_div(plan, ledger, record, stage, a, b, offset):
     """a / b computed exactly, rounded once by ``stage``'s format/mode, recorded."""
-    plan = stages.plan
     v, err, fl = rnd_div(a, b, stage_target(plan, stage), plan[stage, PLAN_MODE], stage_word(plan, stage, offset),
                          plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
-    return recorded(stages, stage, v, err, fl)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 # un-staged arithmetic (the fix's comparisons): RNE into ``arith`` (a rounding.target), never
@@ -300,43 +300,43 @@ def mufu(x, ex2_pos, ex2_neg, ftz, ex2_params):
 
 
 @nb.njit(cache=True, error_model="numpy")
-def ex2_unit(stages, stage, x, units, ftz):
-    """The recipe's exp2 unit on x: the MUFU model (``units.hw``; recorded against the exact
-    exp2) or float64 exp2.  With the stage's ``exact`` flag (ablation): exp2 in float64,
-    rounded once by the stage."""
-    if not units.hw:
+def ex2_unit(plan, ledger, record, stage, x, hw, ex2_pos, ex2_neg, ex2_params, ftz):
+    """The recipe's exp2 unit on x: the MUFU model (``hw``; tables and parameters as
+    rows.Units holds them; recorded against the exact exp2) or float64 exp2.  With the
+    stage's ``exact`` flag (ablation): exp2 in float64, rounded once by the stage."""
+    if not hw:
         return math.exp2(x)
-    if stages.plan[stage, PLAN_EXACT]:
-        return round_stage(stages, stage, math.exp2(x) if x == x else np.nan, 0.0, 0)
-    r = mufu(x, units.ex2_pos, units.ex2_neg, ftz, units.ex2_params)
-    if stages.record:
-        record_error(stages.ledger, stage, r, math.exp2(x) if x == x else np.nan, 0.0)
+    if plan[stage, PLAN_EXACT]:
+        return round_stage(plan, ledger, record, stage, math.exp2(x) if x == x else np.nan, 0.0, 0)
+    r = mufu(x, ex2_pos, ex2_neg, ftz, ex2_params)
+    if record:
+        record_error(ledger, stage, r, math.exp2(x) if x == x else np.nan, 0.0)
     return r
 
 
 @nb.njit(cache=True, error_model="numpy")
-def row_tree_sum(stages, stage, vals, n):
+def row_tree_sum(plan, ledger, record, stage, vals, n):
     """Sum of vals[0:n] in the wgmma lane-tree order (n a multiple of 8):
     lane q folds columns 8g + 2q, 8g + 2q + 1 (g ascending) left to right,
     then (t0 + t2) + (t1 + t3).  With the stage's ``exact`` flag (ablation):
     the exact sum, rounded once."""
-    if stages.plan[stage, PLAN_EXACT]:
+    if plan[stage, PLAN_EXACT]:
         hi = 0.0
         lo = 0.0
         for j in range(n):
             hi, e = two_sum(hi, vals[j])
             lo += e
-        return round_stage(stages, stage, hi, lo, 0)
+        return round_stage(plan, ledger, record, stage, hi, lo, 0)
     t0 = 0.0
     t1 = 0.0
     t2 = 0.0
     t3 = 0.0
     for q in range(4):
         t = vals[2 * q]
-        t = round_add(stages, stage, t, vals[2 * q + 1], 0)
+        t = round_add(plan, ledger, record, stage, t, vals[2 * q + 1], 0)
         for g in range(1, n // 8):
-            t = round_add(stages, stage, t, vals[8 * g + 2 * q], 0)
-            t = round_add(stages, stage, t, vals[8 * g + 2 * q + 1], 0)
+            t = round_add(plan, ledger, record, stage, t, vals[8 * g + 2 * q], 0)
+            t = round_add(plan, ledger, record, stage, t, vals[8 * g + 2 * q + 1], 0)
         if q == 0:
             t0 = t
         elif q == 1:
@@ -345,9 +345,9 @@ def row_tree_sum(stages, stage, vals, n):
             t2 = t
         else:
             t3 = t
-    s0 = round_add(stages, stage, t0, t2, 0)
-    s1 = round_add(stages, stage, t1, t3, 0)
-    return round_add(stages, stage, s0, s1, 0)
+    s0 = round_add(plan, ledger, record, stage, t0, t2, 0)
+    s1 = round_add(plan, ledger, record, stage, t1, t3, 0)
+    return round_add(plan, ledger, record, stage, s0, s1, 0)
 
 
 @nb.njit(inline="always", error_model="numpy")
@@ -378,20 +378,22 @@ def exact_dot(av, i, bv, j, depth, c):
 
 
 @nb.njit(cache=True, error_model="numpy")
-def tc_stage(stages, stage, hw, a, i, b, j, depth, c, model):
+def tc_stage(plan, ledger, record, stage, hw, a_values, a_sig, a_exp, a_spec, i, b_values, b_sig, b_exp, b_spec, j,
+             depth, c, model):
     """One tensor-core result c + sum_k a[i, k]·b[k, j] (k < depth) for ``stage``: the wgmma
     model (``hw``; recorded against the exact sum), the exact sum rounded once to fp32 (the
-    stage's ``exact`` ablation), or the float64 sum (not ``hw``).  ``a``, ``b``: 2-D
-    operands (rows.Operand); ``model``: (k_step, frac_bits, sum_frac_bits, mant_bits)."""
-    if hw and stages.plan[stage, PLAN_EXACT]:
-        hi, lo = exact_dot(a.values, i, b.values, j, depth, c)
-        return round_stage(stages, stage, hi, lo, 0)
+    stage's ``exact`` ablation), or the float64 sum (not ``hw``).  ``a_*``, ``b_*``: the
+    fields of two 2-D operands (rows.Operand); ``model``: (k_step, frac_bits,
+    sum_frac_bits, mant_bits)."""
+    if hw and plan[stage, PLAN_EXACT]:
+        hi, lo = exact_dot(a_values, i, b_values, j, depth, c)
+        return round_stage(plan, ledger, record, stage, hi, lo, 0)
     if hw:
-        v = f32_value(tc_dot_ij(a.sig, a.exp, a.spec, i, b.sig, b.exp, b.spec, j, bits_of_f32value(c),
+        v = f32_value(tc_dot_ij(a_sig, a_exp, a_spec, i, b_sig, b_exp, b_spec, j, bits_of_f32value(c),
                                 model[0], model[1], model[2], model[3]))
-        if stages.record:
-            hi, lo = exact_dot(a.values, i, b.values, j, depth, c)
-            record_error(stages.ledger, stage, v, hi, lo)
+        if record:
+            hi, lo = exact_dot(a_values, i, b_values, j, depth, c)
+            record_error(ledger, stage, v, hi, lo)
         return v
-    hi, lo = exact_dot(a.values, i, b.values, j, depth, c)
+    hi, lo = exact_dot(a_values, i, b_values, j, depth, c)
     return hi + lo

@@ -49,17 +49,22 @@ STAGE = stage_indices(FA2_STAGES)   # a global namedtuple: numba freezes STAGE.x
 def scores(job, stages, work, bh, i, j0):
     """work.scores = S = Q·Kᵀ of row i on key block j0.. (masked lanes −inf, not computed);
     returns the block's raw max (PTX max: NaN scores ignored)."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    # groups unpacked once: numba increfs/decrefs each array it reads out of a tuple,
+    # so the per-element helpers take plain arrays (units module docstring)
+    plan, ledger, record = stages
     block_scores = work.scores
-    q = row_operand(job.operands.q, bh)
-    kT = row_operand(job.operands.kT, bh)
-    depth = q.values.shape[1]
-    tiling = job.tiling
+    q_values, q_sig, q_exp, q_spec = row_operand(job.operands.q, bh)
+    kT_values, kT_sig, kT_exp, kT_spec = row_operand(job.operands.kT, bh)
+    depth = q_values.shape[1]
+    hw = job.units.hw
+    tc_qk = job.units.tc_qk
+    Nk, causal, _, block_n = job.tiling
     block_max = -np.inf
-    for jj in range(tiling.block_n):
+    for jj in range(block_n):
         j = j0 + jj
-        if valid_key(i, j, tiling.Nk, tiling.causal):
-            s = tc_stage(stages, STAGE.S, job.units.hw, q, i, kT, j, depth, 0.0, job.units.tc_qk)
+        if valid_key(i, j, Nk, causal):
+            s = tc_stage(plan, ledger, record, STAGE.S, hw, q_values, q_sig, q_exp, q_spec, i,
+                         kT_values, kT_sig, kT_exp, kT_spec, j, depth, 0.0, tc_qk)
             block_scores[jj] = s
             block_max = maxnum(block_max, s)
         else:
@@ -70,7 +75,7 @@ def scores(job, stages, work, bh, i, j0):
 @nb.njit(cache=True, error_model="numpy")
 def fixed_block_max(job, stages, work, i, j0, raw_max):
     """The block max in the log2 domain, raw_max·c (c = fl32(scale·log2 e)), with the fix."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    plan, ledger, record = stages
     block_scores = work.scores
     sc = job.scalars
     arith = job.units.arith
@@ -79,9 +84,9 @@ def fixed_block_max(job, stages, work, i, j0, raw_max):
         t = raw_max
     elif sc.fix_kind == FIX_OFFSET:
         # bm·c + δ' (a kernel would contract it into one fma, as it does thr)
-        t = round_fma(stages, STAGE.m_scale, raw_max, c, sc.delta, 0)
+        t = round_fma(plan, ledger, record, STAGE.m_scale, raw_max, c, sc.delta, 0)
     else:
-        t = round_mul(stages, STAGE.m_scale, raw_max, c, 0)
+        t = round_mul(plan, ledger, record, STAGE.m_scale, raw_max, c, 0)
     if sc.fix_kind == FIX_PAPER and t == t:
         # the compiled kernel contracts (max·c) − ε' into one fma; the comparisons are
         # un-staged fp32 arithmetic (not ledger operations)
@@ -103,42 +108,46 @@ def fixed_block_max(job, stages, work, i, j0, raw_max):
 def block_step(job, stages, work, bh, i, jb, running):
     """Key block jb of row i: S, m_new, P̄ = exp2(fma(S, c, −m_new)), l and acc rescaled by
     α = exp2(m − m_new), then acc += bf16(P̄)·V on tensor cores."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    # groups unpacked once: numba increfs/decrefs each array it reads out of a tuple,
+    # so the per-element helpers take plain arrays (units module docstring)
+    plan, ledger, record = stages
     block_scores = work.scores
     block_probs = work.probs
     p_operand = work.p_operand
-    tiling = job.tiling
-    units = job.units
-    block_n = tiling.block_n
+    p_values, p_sig, p_exp, p_spec = p_operand
+    acc = work.acc
+    Nk, causal, _, block_n = job.tiling
+    hw, _, _, tc_pv, p_mant, p_emin, ex2_pos, ex2_neg, ex2_params = job.units
+    c = job.scalars.qk_scale
     Nq = job.operands.q.values.shape[1]
     j0 = jb * block_n
     raw_max = scores(job, stages, work, bh, i, j0)
     m_new = maxnum(running.m, fixed_block_max(job, stages, work, i, j0, raw_max))
     # P̄ = exp2(fma(S, c, −m_new)); masked lanes are 0
     for jj in range(block_n):
-        if valid_key(i, j0 + jj, tiling.Nk, tiling.causal):
-            x = round_fma(stages, STAGE.x, block_scores[jj], job.scalars.qk_scale, -m_new, 0)
-            block_probs[jj] = ex2_unit(stages, STAGE.P, x, units, True)
+        if valid_key(i, j0 + jj, Nk, causal):
+            x = round_fma(plan, ledger, record, STAGE.x, block_scores[jj], c, -m_new, 0)
+            block_probs[jj] = ex2_unit(plan, ledger, record, STAGE.P, x, hw, ex2_pos, ex2_neg, ex2_params, True)
         else:
             block_probs[jj] = 0.0
-    l_blk = row_tree_sum(stages, STAGE.l_blk, block_probs, block_n)
-    alpha_arg = round_add(stages, STAGE.alpha_arg, running.m, -m_new, 0)
-    alpha = ex2_unit(stages, STAGE.alpha, alpha_arg, units, True)
-    l = round_fma(stages, STAGE.l, running.l, alpha, l_blk, 0)
-    acc = work.acc
+    l_blk = row_tree_sum(plan, ledger, record, STAGE.l_blk, block_probs, block_n)
+    alpha_arg = round_add(plan, ledger, record, STAGE.alpha_arg, running.m, -m_new, 0)
+    alpha = ex2_unit(plan, ledger, record, STAGE.alpha, alpha_arg, hw, ex2_pos, ex2_neg, ex2_params, True)
+    l = round_fma(plan, ledger, record, STAGE.l, running.l, alpha, l_blk, 0)
     for d in range(acc.size):
-        acc[d] = round_mul(stages, STAGE.acc_scale, acc[d], alpha, 0)
+        acc[d] = round_mul(plan, ledger, record, STAGE.acc_scale, acc[d], alpha, 0)
     # P̄ → operand format (sr word at the score's flat index), then P̄·V + acc on tensor cores
     for jj in range(block_n):
         j = j0 + jj
-        if valid_key(i, j, tiling.Nk, tiling.causal):
-            p = round_stage(stages, STAGE.P_cast, block_probs[jj], 0.0, (bh * Nq + i) * tiling.Nk + j)
+        if valid_key(i, j, Nk, causal):
+            p = round_stage(plan, ledger, record, STAGE.P_cast, block_probs[jj], 0.0, (bh * Nq + i) * Nk + j)
         else:
             p = 0.0
-        set_p_operand(p_operand, jj, p, units.p_mant, units.p_emin)
-    v = block_operand(job.operands.v, bh, j0, j0 + block_n)
+        set_p_operand(p_operand, jj, p, p_mant, p_emin)
+    v_values, v_sig, v_exp, v_spec = block_operand(job.operands.v, bh, j0, j0 + block_n)
     for d in range(acc.size):
-        acc[d] = tc_stage(stages, STAGE.PV, units.hw, p_operand, 0, v, d, block_n, acc[d], units.tc_pv)
+        acc[d] = tc_stage(plan, ledger, record, STAGE.PV, hw, p_values, p_sig, p_exp, p_spec, 0,
+                          v_values, v_sig, v_exp, v_spec, d, block_n, acc[d], tc_pv)
     return Running(m_new, l, running.l_comp)
 
 

@@ -21,7 +21,7 @@ from . import Family
 from ..rows import (Running, block_operand, kernel_args, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
-from ..units import (FIX_OFFSET, FIX_PAPER, LOG2E_F32, PLAN_COMPENSATED, StageContext, arith_add, arith_mul,
+from ..units import (FIX_OFFSET, FIX_PAPER, LOG2E_F32, PLAN_COMPENSATED, arith_add, arith_mul,
                      ex2_unit, maxnum, round_add, round_mul, round_stage, row_tree_sum, tc_stage)
 
 PAPER_STAGES = stage_table(
@@ -67,33 +67,34 @@ O_ACCUMULATOR = (STAGE.O_mul, STAGE.O_mul_cast, STAGE.O_add, STAGE.O_add_cast)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def cast_pair(stages, st_op, st_cast, hi, lo, offset):
+def cast_pair(plan, ledger, record, st_op, st_cast, hi, lo, offset):
     """An fp32 operation result (exact hi + lo) rounded by ``st_op``, then cast by ``st_cast``."""
-    v = round_stage(stages, st_op, hi, lo, 0)
-    return round_stage(stages, st_cast, v, 0.0, offset)
+    v = round_stage(plan, ledger, record, st_op, hi, lo, 0)
+    return round_stage(plan, ledger, record, st_cast, v, 0.0, offset)
 
 
 @nb.njit(cache=True, error_model="numpy")
-def acc_update(stages, accumulator, alpha, x, y, comp, offset):
+def acc_update(plan, ledger, record, accumulator, compensated, alpha, x, y, comp, offset):
     """The running bf16 accumulator update x ← cast(cast(α·x) + y), optionally compensated.
 
-    ``accumulator``: its stages (L_ACCUMULATOR or O_ACCUMULATOR); the add-cast stage's
-    plan row says whether it is compensated.  Returns (new x, new compensation).  Compensated
+    ``accumulator``: its stages (L_ACCUMULATOR or O_ACCUMULATOR); ``compensated``: the
+    add-cast stage's plan flag, read once per block.  Returns (new x, new compensation).  Compensated
     (Kahan–Neumaier): the rounding error e of the add is computed in fp32 and gathered
     in a compensation term of the accumulator's format, itself scaled by α.
     """
     st_mul, st_mul_cast, st_add, st_add_cast = accumulator
-    xm = cast_pair(stages, st_mul, st_mul_cast, alpha * x, 0.0, offset)
-    xa = round_add(stages, st_add, xm, y, 0)
-    xn = round_stage(stages, st_add_cast, xa, 0.0, offset)
-    if not stages.plan[st_add_cast, PLAN_COMPENSATED]:
+    xm = cast_pair(plan, ledger, record, st_mul, st_mul_cast, alpha * x, 0.0, offset)
+    xa = round_add(plan, ledger, record, st_add, xm, y, 0)
+    xn = round_stage(plan, ledger, record, st_add_cast, xa, 0.0, offset)
+    if not compensated:
         return xn, comp
     if abs(xm) >= abs(y):
-        e = round_add(stages, STAGE.comp, round_add(stages, STAGE.comp, xm, -xn, 0), y, 0)
+        e = round_add(plan, ledger, record, STAGE.comp, round_add(plan, ledger, record, STAGE.comp, xm, -xn, 0), y, 0)
     else:
-        e = round_add(stages, STAGE.comp, round_add(stages, STAGE.comp, y, -xn, 0), xm, 0)
-    cm = round_mul(stages, STAGE.comp, alpha, comp, 0)
-    c_new = round_stage(stages, st_add_cast, round_add(stages, STAGE.comp, cm, e, 0), 0.0, offset)
+        e = round_add(plan, ledger, record, STAGE.comp, round_add(plan, ledger, record, STAGE.comp, y, -xn, 0), xm, 0)
+    cm = round_mul(plan, ledger, record, STAGE.comp, alpha, comp, 0)
+    c_new = round_stage(plan, ledger, record, st_add_cast, round_add(plan, ledger, record, STAGE.comp, cm, e, 0), 0.0,
+                        offset)
     return xn, c_new
 
 
@@ -101,21 +102,27 @@ def acc_update(stages, accumulator, alpha, x, y, comp, offset):
 def scores(job, stages, work, bh, i, j0):
     """work.scores = s = bf16(fl32(bf16(Q·Kᵀ) · scale)) of row i on key block j0..
     (masked lanes −inf, not computed); returns the block max (NaN scores ignored)."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    # groups unpacked once: numba increfs/decrefs each array it reads out of a tuple,
+    # so the per-element helpers take plain arrays (units module docstring)
+    plan, ledger, record = stages
     block_scores = work.scores
-    q = row_operand(job.operands.q, bh)
-    kT = row_operand(job.operands.kT, bh)
-    depth = q.values.shape[1]
-    tiling = job.tiling
-    row = bh * q.values.shape[0] + i
+    q_values, q_sig, q_exp, q_spec = row_operand(job.operands.q, bh)
+    kT_values, kT_sig, kT_exp, kT_spec = row_operand(job.operands.kT, bh)
+    depth = q_values.shape[1]
+    hw = job.units.hw
+    tc_qk = job.units.tc_qk
+    qk_scale = job.scalars.qk_scale
+    Nk, causal, _, block_n = job.tiling
+    row = bh * q_values.shape[0] + i
     block_max = -np.inf
-    for jj in range(tiling.block_n):
+    for jj in range(block_n):
         j = j0 + jj
-        if valid_key(i, j, tiling.Nk, tiling.causal):
-            s = tc_stage(stages, STAGE.S, job.units.hw, q, i, kT, j, depth, 0.0, job.units.tc_qk)
-            off = row * tiling.Nk + j
-            s = round_stage(stages, STAGE.S_cast, s, 0.0, off)
-            s = cast_pair(stages, STAGE.s, STAGE.s_cast, s * job.scalars.qk_scale, 0.0, off)
+        if valid_key(i, j, Nk, causal):
+            s = tc_stage(plan, ledger, record, STAGE.S, hw, q_values, q_sig, q_exp, q_spec, i,
+                         kT_values, kT_sig, kT_exp, kT_spec, j, depth, 0.0, tc_qk)
+            off = row * Nk + j
+            s = round_stage(plan, ledger, record, STAGE.S_cast, s, 0.0, off)
+            s = cast_pair(plan, ledger, record, STAGE.s, STAGE.s_cast, s * qk_scale, 0.0, off)
             block_scores[jj] = s
             block_max = maxnum(block_max, s)
         else:
@@ -126,23 +133,23 @@ def scores(job, stages, work, bh, i, j0):
 @nb.njit(cache=True, error_model="numpy")
 def fixed_block_max(job, stages, work, i, j0, bm):
     """The block max with the fix (natural-log domain); its bf16 casts are the s_cast
-    stage's format but not ledger operations."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    stage's format but not ledger operations (recorded as False)."""
+    plan, ledger, record = stages
     block_scores = work.scores
     sc = job.scalars
     arith = job.units.arith
-    quiet = StageContext(stages.plan, stages.ledger, False)
     if sc.fix_kind == FIX_OFFSET and bm == bm:
-        bm = round_stage(quiet, STAGE.s_cast, arith_add(bm, sc.delta, arith), 0.0, 0)  # bf16(fl32(bm + δ))
+        # bf16(fl32(bm + δ))
+        bm = round_stage(plan, ledger, False, STAGE.s_cast, arith_add(bm, sc.delta, arith), 0.0, 0)
     if sc.fix_kind == FIX_PAPER and bm == bm:
-        thr = round_stage(stages, STAGE.thr, arith_add(bm, -sc.eps, arith), 0.0, 0)
+        thr = round_stage(plan, ledger, record, STAGE.thr, arith_add(bm, -sc.eps, arith), 0.0, 0)
         n = 0
         for jj in range(job.tiling.block_n):
             if valid_key(i, j0 + jj, job.tiling.Nk, job.tiling.causal) and block_scores[jj] >= thr:
                 n += 1
         if n > 1:
             if bm > 0.0:
-                bm = round_stage(quiet, STAGE.s_cast, arith_mul(bm, sc.beta, arith), 0.0, 0)
+                bm = round_stage(plan, ledger, False, STAGE.s_cast, arith_mul(bm, sc.beta, arith), 0.0, 0)
             elif bm < 0.0:
                 bm = 0.0
     return bm
@@ -152,65 +159,75 @@ def fixed_block_max(job, stages, work, i, j0, bm):
 def block_step(job, stages, work, bh, i, jb, running):
     """Key block jb of row i: s, m_new, P̄ = bf16(exp(bf16(s − m_new))), the bf16 running
     l and O updated by α = bf16(exp(bf16(m − m_new))), each einsum output cast to bf16."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    # groups unpacked once: numba increfs/decrefs each array it reads out of a tuple,
+    # so the per-element helpers take plain arrays (units module docstring)
+    plan, ledger, record = stages
     block_scores = work.scores
     block_probs = work.probs
     p_operand = work.p_operand
+    p_values, p_sig, p_exp, p_spec = p_operand
+    acc = work.acc
     acc_comp = work.acc_comp
-    tiling = job.tiling
-    units = job.units
-    block_n = tiling.block_n
+    Nk, causal, _, block_n = job.tiling
+    hw, _, _, tc_pv, p_mant, p_emin, ex2_pos, ex2_neg, ex2_params = job.units
     row = bh * job.operands.q.values.shape[1] + i
     j0 = jb * block_n
     # exp(x) = ex2.approx(x · fl32(log2 e)), as tl.exp
-    log2e = LOG2E_F32 if units.hw else 1.4426950408889634
+    log2e = LOG2E_F32 if hw else 1.4426950408889634
     m_new = maxnum(running.m, fixed_block_max(job, stages, work, i, j0, scores(job, stages, work, bh, i, j0)))
     for jj in range(block_n):
         j = j0 + jj
-        if valid_key(i, j, tiling.Nk, tiling.causal):
-            off = row * tiling.Nk + j
-            d = round_stage(stages, STAGE.d_cast, round_add(stages, STAGE.d, block_scores[jj], -m_new, 0), 0.0, off)
-            e_arg = round_mul(stages, STAGE.e_arg, d, log2e, 0)
-            p = ex2_unit(stages, STAGE.P, e_arg, units, False)
-            block_probs[jj] = round_stage(stages, STAGE.P_cast, p, 0.0, off)
+        if valid_key(i, j, Nk, causal):
+            off = row * Nk + j
+            d = round_stage(plan, ledger, record, STAGE.d_cast,
+                            round_add(plan, ledger, record, STAGE.d, block_scores[jj], -m_new, 0), 0.0, off)
+            e_arg = round_mul(plan, ledger, record, STAGE.e_arg, d, log2e, 0)
+            p = ex2_unit(plan, ledger, record, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
+            block_probs[jj] = round_stage(plan, ledger, record, STAGE.P_cast, p, 0.0, off)
         else:
             block_probs[jj] = 0.0
     # per-(row, block) stages draw their sr words at the (row, block) flat index
-    block_off = row * ((tiling.Nk + block_n - 1) // block_n) + jb
-    l_blk = round_stage(stages, STAGE.l_blk_cast, row_tree_sum(stages, STAGE.l_blk, block_probs, block_n), 0.0,
-                        block_off)
-    a_arg = round_stage(stages, STAGE.a_arg_cast, round_add(stages, STAGE.a_arg, running.m, -m_new, 0), 0.0,
-                        block_off)
-    a_e_arg = round_mul(stages, STAGE.a_e_arg, a_arg, log2e, 0)
-    alpha = round_stage(stages, STAGE.alpha_cast, ex2_unit(stages, STAGE.alpha, a_e_arg, units, False), 0.0,
-                        block_off)
-    l, l_comp = acc_update(stages, L_ACCUMULATOR, alpha, running.l, l_blk, running.l_comp, block_off)
+    block_off = row * ((Nk + block_n - 1) // block_n) + jb
+    l_blk = round_stage(plan, ledger, record, STAGE.l_blk_cast,
+                        row_tree_sum(plan, ledger, record, STAGE.l_blk, block_probs, block_n), 0.0, block_off)
+    a_arg = round_stage(plan, ledger, record, STAGE.a_arg_cast,
+                        round_add(plan, ledger, record, STAGE.a_arg, running.m, -m_new, 0), 0.0, block_off)
+    a_e_arg = round_mul(plan, ledger, record, STAGE.a_e_arg, a_arg, log2e, 0)
+    alpha = round_stage(plan, ledger, record, STAGE.alpha_cast,
+                        ex2_unit(plan, ledger, record, STAGE.alpha, a_e_arg, hw, ex2_pos, ex2_neg, ex2_params, False),
+                        0.0, block_off)
+    l_compensated = plan[STAGE.l_add_cast, PLAN_COMPENSATED] != 0
+    l, l_comp = acc_update(plan, ledger, record, L_ACCUMULATOR, l_compensated, alpha, running.l, l_blk, running.l_comp,
+                           block_off)
     for jj in range(block_n):
-        set_p_operand(p_operand, jj, block_probs[jj], units.p_mant, units.p_emin)
-    v = block_operand(job.operands.v, bh, j0, j0 + block_n)
-    acc = work.acc
-    for d in range(acc.size):
-        off = block_off * acc.size + d
-        pv = tc_stage(stages, STAGE.PV, units.hw, p_operand, 0, v, d, block_n, 0.0, units.tc_pv)
-        pv = round_stage(stages, STAGE.PV_cast, pv, 0.0, off)
-        acc[d], acc_comp[d] = acc_update(stages, O_ACCUMULATOR, alpha, acc[d], pv, acc_comp[d], off)
+        set_p_operand(p_operand, jj, block_probs[jj], p_mant, p_emin)
+    v_values, v_sig, v_exp, v_spec = block_operand(job.operands.v, bh, j0, j0 + block_n)
+    D = acc.size
+    o_compensated = plan[STAGE.O_add_cast, PLAN_COMPENSATED] != 0
+    for d in range(D):
+        off = block_off * D + d
+        pv = tc_stage(plan, ledger, record, STAGE.PV, hw, p_values, p_sig, p_exp, p_spec, 0,
+                      v_values, v_sig, v_exp, v_spec, d, block_n, 0.0, tc_pv)
+        pv = round_stage(plan, ledger, record, STAGE.PV_cast, pv, 0.0, off)
+        acc[d], acc_comp[d] = acc_update(plan, ledger, record, O_ACCUMULATOR, o_compensated, alpha, acc[d], pv,
+                                         acc_comp[d], off)
     return Running(m_new, l, l_comp)
 
 
 @nb.njit(cache=True, error_model="numpy")
 def finish_row(job, stages, work, running):
     """Compensated accumulators fold their compensation terms in once, at the end."""
-    # array fields read once: each read of one is a reference-count inc/dec pair
+    plan, ledger, record = stages
+    acc = work.acc
     acc_comp = work.acc_comp
     l = running.l
-    plan = stages.plan
     if plan[STAGE.l_add_cast, PLAN_COMPENSATED]:
-        l = round_stage(stages, STAGE.l_add_cast, round_add(stages, STAGE.comp, l, running.l_comp, 0), 0.0, 0)
+        l = round_stage(plan, ledger, record, STAGE.l_add_cast,
+                        round_add(plan, ledger, record, STAGE.comp, l, running.l_comp, 0), 0.0, 0)
     if plan[STAGE.O_add_cast, PLAN_COMPENSATED]:
-        acc = work.acc
         for d in range(acc.size):
-            acc[d] = round_stage(stages, STAGE.O_add_cast, round_add(stages, STAGE.comp, acc[d], acc_comp[d], 0),
-                                 0.0, 0)
+            acc[d] = round_stage(plan, ledger, record, STAGE.O_add_cast,
+                                 round_add(plan, ledger, record, STAGE.comp, acc[d], acc_comp[d], 0), 0.0, 0)
     return l
 
 
