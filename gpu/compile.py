@@ -2,7 +2,7 @@
 
 No GPU needed: ``triton.compile`` for ``GPUTarget("cuda", 90, 32)`` runs ptxas
 locally.  Used by the PTX tests (tests/test_kernel_ptx.py), the resource report
-(``python -m flashbits.gpu.probes.resources``), the PTX snapshot of a refactor
+(benchmarks/kernel_resources.py), the PTX snapshot of a refactor
 (benchmarks/ptx_snapshot.py) and the kernel experiments (benchmarks/kernel_experiments/).
 Unset TRITON_INTERPRET first: the interpreter cannot compile.
 """

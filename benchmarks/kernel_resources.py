@@ -1,10 +1,11 @@
 """Registers, spills and shared memory of the kernels, compiled for sm_90 on the CPU.
 
-    PYTHONPATH=. python -m flashbits.gpu.probes.resources [--variants 128x64w8s3,64x64w4s3] [--D 128] [--sass]
+    PYTHONPATH=. python benchmarks/kernel_resources.py [--variants 128x64w8s3,64x64w4s3] [--D 128] [--sass]
 
 No GPU needed: flashbits.gpu.compile (``triton.compile`` for ``GPUTarget("cuda",
 90, 32)``) runs ptxas locally.  A tile that spills (local memory traffic in the inner loop) is slow
-whatever else is right; read this before spending device time on a variant.
+whatever else is right; read this before spending device time on a variant.  (A diagnostic,
+not a record producer: it lives beside the benchmarks, not in gpu/probes.)
 """
 
 from __future__ import annotations
