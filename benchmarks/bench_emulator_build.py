@@ -37,11 +37,11 @@ except ImportError:
     from emulator import flash_attention, quantize
 import numpy as np
 t_import = time.perf_counter() - t0
-N, D, reps, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+N, D, reps, mode, recipes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5].split(",")
 rng = np.random.default_rng(0)
 q, k, v = (quantize(rng.standard_normal((N, D)).astype(np.float32), "bf16") for _ in range(3))
 res = {"import_s": t_import}
-for recipe in ("fa2", "paper"):
+for recipe in recipes:
     for record in (False, True):
         t = time.perf_counter()
         flash_attention(q[:16], k[:16], v[:16], recipe=recipe, record=record)
@@ -50,7 +50,7 @@ for recipe in ("fa2", "paper"):
         flash_attention(q[:16], k[:16], v[:16], recipe=recipe, record=record)
         res[f"first_{recipe}_{int(record)}"] = first - (time.perf_counter() - t)
 if mode == "warm":
-    for recipe in ("fa2", "paper"):
+    for recipe in recipes:
         for record in (False, True):
             ts = []
             for _ in range(reps):
@@ -64,7 +64,7 @@ print(json.dumps(res))
 
 def _run(tree: str, cache: str, mode: str, args) -> dict:
     env = dict(os.environ, PYTHONPATH=tree, NUMBA_CACHE_DIR=cache, NUMBA_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", CHILD, str(args.N), str(args.D), str(args.reps), mode],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(args.N), str(args.D), str(args.reps), mode, args.recipes],
                          env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
     if out.returncode:
         raise SystemExit(f"benchmark child failed in {tree}:\n{out.stderr}")
@@ -88,12 +88,19 @@ def main(argv=None):
     ap.add_argument("--N", type=int, default=512, help="rows and keys of the warm runs (default 512)")
     ap.add_argument("--D", type=int, default=64, help="head dim of the warm runs (default 64)")
     ap.add_argument("--reps", type=int, default=5, help="warm calls per cell, median (default 5)")
+    ap.add_argument("--recipes", default="fa2,paper", help="recipes to time, comma-separated (default fa2,paper)")
+    ap.add_argument("--this-first", action="store_true",
+                    help="measure this tree before the baseline (to see whether the order matters)")
     ap.add_argument("--json", help="write both trees' numbers here")
     args = ap.parse_args(argv)
     if not os.path.isfile(os.path.join(args.baseline, "emulator", "__init__.py")):
         ap.error(f"--baseline {args.baseline!r} holds no emulator/ package")
-    base = measure(os.path.abspath(args.baseline), args)
-    this = measure(HERE, args)
+    if args.this_first:
+        this = measure(HERE, args)
+        base = measure(os.path.abspath(args.baseline), args)
+    else:
+        base = measure(os.path.abspath(args.baseline), args)
+        this = measure(HERE, args)
     print(f"numba, one thread; warm runs: one head, N={args.N}, d={args.D}, median of {args.reps}")
     print(f"{'':<22}{'baseline s':>12}{'this tree s':>13}{'ratio':>8}")
     for key in ["compile_s", "cached_start_s"] + sorted(k for k in this if k.startswith(("first_", "warm_"))):
