@@ -176,6 +176,8 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if not (math.isfinite(sc) and sc > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     plan = _plan(rec, fp64, seed)
+    if threads is not None and not (isinstance(threads, (int, np.integer)) and threads >= 1):
+        raise ValueError(f"threads must be a positive integer (or None: all cores), got {threads!r}")
     nthreads = threads or numba.config.NUMBA_NUM_THREADS
     prev = numba.get_num_threads()
     numba.set_num_threads(nthreads)
