@@ -104,3 +104,49 @@ def test_replay_out_writes_the_report(tmp_path):
         d = json.load(f)
     assert d["mismatches"] == 0 and d["entries"] > 0
     assert "all bits equal" in (tmp_path / "rep" / "replay.md").read_text()
+
+
+_NOTICE_SNIPPET = ("from flashbits.emulator.attention.families import paper; "
+                   "from flashbits.emulator.jit_notice import notice_if_cold; "
+                   "print(notice_if_cold(paper))")
+
+
+def test_compile_notice_on_a_cold_cache_only(tmp_path):
+    """A cold numba cache (an empty NUMBA_CACHE_DIR) is announced on stderr, even when stderr
+    is not a terminal; the warm cache of this checkout says nothing."""
+    cold = subprocess.run([sys.executable, "-c", _NOTICE_SNIPPET], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT, NUMBA_CACHE_DIR=str(tmp_path)), timeout=120)
+    assert cold.stdout.strip() == "True" and "compiling the emulator (first run only" in cold.stderr
+    # warm: after one emulate run (the rerun test below, or any earlier run) the checkout's cache holds it
+    _cli("emulate", "--preset", "random", "--threads", "2")
+    warm = subprocess.run([sys.executable, "-c", _NOTICE_SNIPPET], capture_output=True, text=True, cwd=ROOT,
+                          env={k: v for k, v in dict(os.environ, PYTHONPATH=ROOT).items()
+                               if k != "NUMBA_CACHE_DIR"}, timeout=120)
+    assert warm.stdout.strip() == "False" and "compiling" not in warm.stderr
+
+
+def test_emulate_rerun_reproduces_the_saved_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    r = _cli("emulate", "--preset", "ties", "--rounding", "sr", "--seed", "7", "--causal",
+             "--override", "PV_cast:format=fp32", "--fix", "paper", "--beta", "4", "--out", str(a))
+    assert r.returncode == 0, r.stderr
+    assert "overrides: PV_cast:format=fp32" in r.stdout and "seed 7" in r.stdout
+    with open(a / "emulate.json") as f:
+        d = json.load(f)
+    run = d["run"]
+    assert run["seed"] == 7 and run["causal"] is True and run["override"] == ["PV_cast:format=fp32"]
+    assert run["rounding"] == "sr" and run["preset"] == "ties" and run["recipe"] is None
+    assert d["fix_params"]["beta"] == 4.0 and d["fix_params"]["name"] == "paper"
+    r2 = _cli("emulate", "--rerun", str(a / "emulate.json"), "--out", str(b))
+    assert r2.returncode == 0, r2.stderr
+    with open(b / "emulate.json") as f:
+        d2 = json.load(f)
+    assert d2["bias"] == d["bias"] and d2["ledger"] == d["ledger"] and d2["run"] == run
+    assert np.array_equal(np.load(a / "emulate.npz")["out"], np.load(b / "emulate.npz")["out"])
+    # an --inputs run reruns from the inputs saved beside its emulate.json
+    c = tmp_path / "c"
+    r3 = _cli("emulate", "--inputs", str(a / "emulate.npz"), "--recipe", "fa2", "--out", str(c))
+    assert r3.returncode == 0, r3.stderr
+    r4 = _cli("emulate", "--rerun", str(c / "emulate.json"))
+    assert r4.returncode == 0, r4.stderr
+    assert r3.stdout.split("signed error")[1].split("\n")[0] == r4.stdout.split("signed error")[1].split("\n")[0]
