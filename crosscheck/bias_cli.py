@@ -37,8 +37,8 @@ cells (|t| > 3, rne) ablate each stage in turn.  Writes DIR/bias.json,
 DIR/bias.md, DIR/bias_vs_gap.png and DIR/error_histogram.png.  Cells the GPU kernels implement are marked with the H200 record
 that confirmed them bit for bit (tests/data/hw/bias_gpu_confirmation.json).
 
---quick: 3 regimes × 2 recipes × 3 fixes × 3 roundings (a few minutes on two
-cores).  The full grid: 8 regimes × 2 recipes × 5 fixes × 6 roundings with
+--quick: 3 regimes × 2 recipes × 3 fixes × 3 roundings (2–5 minutes on two
+cores; measured 140–308 s, the first run also compiles the emulator).  The full grid: 8 regimes × 2 recipes × 5 fixes × 6 roundings with
 ablations (its runtime is written into bias.md).
 """
 
@@ -99,7 +99,7 @@ def add_bias_parser(sub):
     p = sub.add_parser("bias", help="where the bias arises, and which fixes remove it (grid + report)",
                        description=DESC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", metavar="DIR", help="output directory")
-    p.add_argument("--quick", action="store_true", help="the small grid (a few minutes on two cores)")
+    p.add_argument("--quick", action="store_true", help="the small grid (2–5 minutes on two cores)")
     p.add_argument("--regimes", help=f"comma-separated subset of: {', '.join(REGIMES)}")
     p.add_argument("--recipes", help=f"comma-separated subset of: {', '.join(RECIPES)}")
     p.add_argument("--fixes", help=f"comma-separated subset of: {', '.join(FIX_SPECS)}")

@@ -12,7 +12,7 @@ PRESETS = {
     "ties": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=12.0,
                  recipe="paper",
                  doc="two tied maxima per row in one key block, the other 62 keys 12 nats lower, "
-                     "V mostly negative; 4096 rows × 64 features = 2^18 output samples (MISSION.md)"),
+                     "V mostly negative; 4096 rows × 64 features = 2^18 output samples (docs/paper.md)"),
     "ties15": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=15.0,
                    recipe="paper", doc="as ties, the others 15 nats lower"),
     "random": dict(kind="random", B=1, H=4, Nq=512, Nk=512, D=64, causal=False, seed=1, gap=0.0,
@@ -330,7 +330,7 @@ CROSSCHECK_DESC = """Run the Triton kernels and the emulator on the same inputs 
 output (and, with the dump launch, every intermediate: m and l after each key
 block, the accumulator before the division) bit for bit.
 
-Cases: random; the bias regimes of MISSION.md (tied maxima, concentrated
+Cases: random; the bias regimes of docs/paper.md (tied maxima, concentrated
 attention, same-sign low-rank V); adversarial (±inf inputs, huge logits,
 subnormal values, odd lengths, causal edges).  Output: match counts per
 configuration and tensor, the first mismatch located (tensor, index, stage,
@@ -350,7 +350,7 @@ def build_parser():
         description="Prove, bit for bit, where low-precision flash attention rounds with a bias and "
                     "whether a fix removes it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Quick start: flashbits emulate --preset ties   (the biased regime of MISSION.md, on the CPU)")
+        epilog="Quick start: flashbits emulate --preset ties   (the biased regime of docs/paper.md, on the CPU)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("formats", help="print the table of number formats",
                        description="Print every format flashbits knows: widths, bias, range, special values.")
