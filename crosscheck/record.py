@@ -18,6 +18,7 @@ from flashbits.emulator import from_bits, to_bits
 
 from .cases import Case
 from .compare import compare_sides
+from .progress import progress
 from .sides import Config, emulator_side
 
 
@@ -81,7 +82,7 @@ def replay_record(path: str, log=print) -> dict:
     entries, prov = load_record(path)
     res = {"record": path, "provenance": prov, "entries": len(entries), "elements": 0, "mismatches": 0,
            "failures": []}
-    for e in entries:
+    for e in progress(entries, total=len(entries), desc="replay"):
         emu = emulator_side(e["q"], e["k"], e["v"], e["case"].causal, e["cfg"], dump=True)
         for launch in ("prod", "dump"):
             if e[launch] is None:

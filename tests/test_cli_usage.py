@@ -188,3 +188,33 @@ def test_dependencies_include_matplotlib_and_tqdm():
     text = open(os.path.join(ROOT, "pyproject.toml")).read()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     assert '"matplotlib' in deps and '"tqdm' in deps
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    """The replay shows a tqdm bar on stderr when stderr is a terminal, none in a log."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    r = subprocess.run([sys.executable, "-m", "flashbits.crosscheck.cli", "crosscheck", "--replay", GOLDEN],
+                       stdout=subprocess.PIPE, stderr=slave, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                       timeout=600)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    os.close(master)
+    tty_err = b"".join(chunks).decode(errors="replace")
+    assert r.returncode == 0 and "all bits equal" in r.stdout.decode()
+    assert "replay" in tty_err and ("it/s" in tty_err or "s/it" in tty_err), tty_err
+    logged = _cli("crosscheck", "--replay", GOLDEN)
+    assert logged.returncode == 0 and "it/s" not in logged.stderr and "s/it" not in logged.stderr
