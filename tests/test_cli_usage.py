@@ -17,7 +17,7 @@ GOLDEN = os.path.join(ROOT, "tests", "data", "hw", "attention_golden.npz")
 
 
 def _run(module, *args, env=None, timeout=900):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    e = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
                           env=e, timeout=timeout)
 
@@ -218,3 +218,18 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert "replay" in tty_err and ("it/s" in tty_err or "s/it" in tty_err), tty_err
     logged = _cli("crosscheck", "--replay", GOLDEN)
     assert logged.returncode == 0 and "it/s" not in logged.stderr and "s/it" not in logged.stderr
+
+
+def test_bias_writes_plots_or_says_loudly_why_not(tmp_path):
+    grid = ["bias", "--regimes", "ties-12", "--recipes", "fa2", "--fixes", "none", "--roundings", "rne",
+            "--rows", "64", "--no-ablation"]
+    r = _cli(*grid, "--out", str(tmp_path / "ok"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ok" / "bias_vs_gap.png").exists() and "warning" not in r.stderr
+    broken = tmp_path / "site" / "matplotlib"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    r = _cli(*grid, "--out", str(tmp_path / "no"), env={"PYTHONPATH": f"{tmp_path / 'site'}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0, r.stderr
+    assert "warning: plots NOT written" in r.stderr and not (tmp_path / "no" / "bias_vs_gap.png").exists()
+    assert "plots NOT written" in (tmp_path / "no" / "bias.md").read_text()
