@@ -11,6 +11,7 @@ import sys
 from flashbits.emulator import RECIPES
 
 from .bias_study import FIX_SPECS, ROUNDINGS, plots, run_grid, to_markdown, worked_example
+from .cli import _csv_choice, check_out_dir, positive_int
 from .regimes import REGIMES, ROWS
 
 QUICK = dict(regimes=("random", "ties-12", "ties-15"), recipes=tuple(RECIPES),
@@ -33,22 +34,17 @@ def gpu_record_path() -> str:
 DESC = """Measure the signed error of O (bf16 ulps against float64) over a grid of
 regimes × recipes × fixes × roundings with the bit-exact emulator; for biased
 cells (|t| > 3, rne) ablate each stage in turn.  Writes DIR/bias.json,
-DIR/bias.md, DIR/bias_vs_gap.png and DIR/error_histogram.png (plots need
-matplotlib).  Cells the GPU kernels implement are marked with the H200 record
+DIR/bias.md, DIR/bias_vs_gap.png and DIR/error_histogram.png.  Cells the GPU kernels implement are marked with the H200 record
 that confirmed them bit for bit (tests/data/hw/bias_gpu_confirmation.json).
 
---quick: 3 regimes × 2 recipes × 3 fixes × 3 roundings (a few minutes on two
-cores).  The full grid: 8 regimes × 2 recipes × 5 fixes × 6 roundings with
+--quick: 3 regimes × 2 recipes × 3 fixes × 3 roundings (2–5 minutes on two
+cores; measured 140–308 s, the first run also compiles the emulator).  The full grid: 8 regimes × 2 recipes × 5 fixes × 6 roundings with
 ablations (its runtime is written into bias.md).
 """
 
 
 def _csv(val, allowed, what):
-    items = tuple(x for x in val.split(",") if x)
-    bad = [x for x in items if x not in allowed]
-    if bad:
-        raise SystemExit(f"unknown {what} {bad}; accepted: {', '.join(allowed)}")
-    return items
+    return tuple(_csv_choice(val, allowed, what))
 
 
 def cmd_bias(args):
@@ -56,7 +52,8 @@ def cmd_bias(args):
         print(worked_example(args.explain_regime))
         return 0
     if not args.out:
-        raise SystemExit("flashbits bias needs --out DIR (or --explain)")
+        raise ValueError("the grid needs --out DIR for its report and plots (or --explain for the worked "
+                         "example alone)")
     grid = dict(QUICK if args.quick else FULL)
     if args.regimes:
         grid["regimes"] = _csv(args.regimes, tuple(REGIMES), "regimes")
@@ -66,7 +63,7 @@ def cmd_bias(args):
         grid["fixes"] = _csv(args.fixes, tuple(FIX_SPECS), "fixes")
     if args.roundings:
         grid["roundings"] = _csv(args.roundings, ROUNDINGS, "roundings")
-    os.makedirs(args.out, exist_ok=True)
+    check_out_dir(args.out)
     table, kept, secs = run_grid(grid["regimes"], grid["recipes"], grid["fixes"], grid["roundings"],
                                  rows=args.rows, ablate=None if args.no_ablation else "rne",
                                  gpu_record=gpu_record_path())
@@ -85,7 +82,9 @@ def cmd_bias(args):
     if files:
         md += "\n" + "\n".join(f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in files) + "\n"
     else:
-        md += "\n(plots skipped: matplotlib is not installed; pip install 'flashbits[plots]')\n"
+        md += "\n(plots NOT written: matplotlib could not be imported; pip install matplotlib)\n"
+        print("flashbits bias: warning: plots NOT written: matplotlib could not be imported "
+              "(it is a dependency of flashbits: pip install matplotlib)", file=sys.stderr)
     md += "\n## A tie decided by sticky bits, from a real case\n\n```\n" + worked_example() + "\n```\n"
     with open(os.path.join(args.out, "bias.md"), "w") as f:
         f.write(md)
@@ -100,12 +99,12 @@ def add_bias_parser(sub):
     p = sub.add_parser("bias", help="where the bias arises, and which fixes remove it (grid + report)",
                        description=DESC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", metavar="DIR", help="output directory")
-    p.add_argument("--quick", action="store_true", help="the small grid (a few minutes on two cores)")
+    p.add_argument("--quick", action="store_true", help="the small grid (2–5 minutes on two cores)")
     p.add_argument("--regimes", help=f"comma-separated subset of: {', '.join(REGIMES)}")
     p.add_argument("--recipes", help=f"comma-separated subset of: {', '.join(RECIPES)}")
     p.add_argument("--fixes", help=f"comma-separated subset of: {', '.join(FIX_SPECS)}")
     p.add_argument("--roundings", help=f"comma-separated subset of: {', '.join(ROUNDINGS)}")
-    p.add_argument("--rows", type=int, default=ROWS, help=f"query rows per cell (default {ROWS}: 2^18 samples)")
+    p.add_argument("--rows", type=positive_int, default=ROWS, help=f"query rows per cell (default {ROWS}: 2^18 samples)")
     p.add_argument("--no-ablation", action="store_true", help="skip the per-stage ablation of biased cells")
     p.add_argument("--explain", action="store_true", help="only print the worked example (a tie decided by "
                                                           "sticky bits, bit by bit)")

@@ -21,6 +21,7 @@ import numpy as np
 from flashbits.emulator import flash_attention, get_recipe, reference_attention
 from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
+from .progress import progress
 from .regimes import REGIMES, ROWS, regime_inputs
 
 BIASED_T = 3.0
@@ -160,6 +161,8 @@ def run_grid(regimes, recipes, fixes, roundings, *, rows=ROWS, ablate="rne", log
     gpu = gpu_confirmations(gpu_record) if gpu_record else {}
     table = []
     kept = {}
+    bar = progress(total=len(regimes) * sum(rounding_overrides(r, rnd) is not None for r in recipes
+                                            for rnd in roundings) * len(fixes), desc="bias grid")
     for regime in regimes:
         q, k, v = regime_inputs(regime, rows=rows)
         ref, _ = reference_attention(q, k, v)
@@ -192,8 +195,10 @@ def run_grid(regimes, recipes, fixes, roundings, *, rows=ROWS, ablate="rne", log
                     table.append(cell)
                     if regime in ("ties-12", "ties-15") and fix == "none" and rnd == "rne":
                         kept[key] = err
+                    bar.update(1)
                     log(f"{regime:<10} {recipe:<6} {fix:<9} {rnd:<12} mean {st['mean_ulp']:+.5f} ulp "
                         f"t {st['t']:+8.1f}  ({time.time() - t0:.0f}s)")
+    bar.close()
     return table, kept, time.time() - t0
 
 

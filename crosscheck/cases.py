@@ -1,4 +1,4 @@
-"""Attention test cases: random, the bias regimes of MISSION.md, adversarial inputs.
+"""Attention test cases: random, the bias regimes of docs/paper.md, adversarial inputs.
 
 A :class:`Case` is a small frozen description; :func:`generate` turns it into
 q, k, v (float32 arrays of bf16 values, shape (B, H, Nq|Nk, D)) from its seed

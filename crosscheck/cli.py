@@ -12,7 +12,7 @@ PRESETS = {
     "ties": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=12.0,
                  recipe="paper",
                  doc="two tied maxima per row in one key block, the other 62 keys 12 nats lower, "
-                     "V mostly negative; 4096 rows × 64 features = 2^18 output samples (MISSION.md)"),
+                     "V mostly negative; 4096 rows × 64 features = 2^18 output samples (docs/paper.md)"),
     "ties15": dict(kind="ties", B=1, H=1, Nq=4096, Nk=64, D=64, causal=False, seed=1, gap=15.0,
                    recipe="paper", doc="as ties, the others 15 nats lower"),
     "random": dict(kind="random", B=1, H=4, Nq=512, Nk=512, D=64, causal=False, seed=1, gap=0.0,
@@ -41,15 +41,41 @@ def _parse_overrides(items):
             stage, kv = it.split(":", 1)
             key, val = kv.split("=", 1)
         except ValueError:
-            raise SystemExit(f"--override takes STAGE:KEY=VALUE (e.g. P_cast:rounding=sr), got {it!r}")
+            raise ValueError(f"--override takes STAGE:KEY=VALUE (e.g. P_cast:rounding=sr), got {it!r}") from None
         if key == "rand_bits":
-            val = int(val)
+            try:
+                val = int(val)
+            except ValueError:
+                raise ValueError(f"--override {stage}:rand_bits takes an integer, got {val!r}") from None
         elif key == "exact":
             if val.lower() not in ("true", "false", "1", "0"):
-                raise SystemExit(f"--override {stage}:exact takes true or false, got {val!r}")
+                raise ValueError(f"--override {stage}:exact takes true or false, got {val!r}")
             val = val.lower() in ("true", "1")
         out.setdefault(stage, {})[key] = val
     return out
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (threads, workers)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def check_out_dir(path, option="--out"):
+    """Create ``path`` (a directory) and check it is writable, before any computation."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot create the directory ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: the directory is not writable")
 
 
 def cmd_formats(args):
@@ -69,13 +95,11 @@ def _load_inputs(args):
     import numpy as np
 
     from flashbits.crosscheck.cases import Case, generate
+    from flashbits.crosscheck.record import open_npz
 
     if args.inputs:
-        z = np.load(args.inputs)
-        missing = [t for t in ("q", "k", "v") if t not in z.files]
-        if missing:
-            raise SystemExit(f"{args.inputs} lacks arrays {missing}; it needs q, k, v "
-                             "(float32 bf16 values, shape (B, H, N, D) or (N, D))")
+        z = open_npz(args.inputs, "an .npz with arrays q, k, v (float32 bf16 values, shape (B, H, N, D) "
+                                  "or (N, D))", ("q", "k", "v"))
         desc = f"inputs from {args.inputs}"
         return z["q"], z["k"], z["v"], bool(args.causal), desc, args.recipe or "fa2"
     p = dict(PRESETS[args.preset])
@@ -88,12 +112,40 @@ def _load_inputs(args):
     return q, k, v, case.causal, f"preset {args.preset}: {doc}", args.recipe or recipe
 
 
+# the emulate arguments that decide its numbers: saved in emulate.json, restored by --rerun
+RUN_KEYS = ("preset", "inputs", "recipe", "fix", "eps", "beta", "delta", "rounding", "override", "causal", "seed")
+
+
+def _apply_rerun(args):
+    """Restore a saved run's arguments from emulate.json (``--rerun``); its inputs are the
+    preset's (regenerated from the seed) or, for --inputs runs, the q, k, v saved beside it."""
+    try:
+        with open(args.rerun) as f:
+            run = json.load(f)["run"]
+    except FileNotFoundError:
+        raise ValueError(f"--rerun {args.rerun}: no such file; expected an emulate.json written by "
+                         "flashbits emulate --out DIR") from None
+    except (ValueError, KeyError, TypeError, OSError):
+        raise ValueError(f"--rerun {args.rerun} is not an emulate.json with a 'run' section (written by "
+                         "flashbits emulate --out DIR)") from None
+    for key in RUN_KEYS:
+        setattr(args, key, run.get(key))
+    if args.inputs:
+        args.inputs = os.path.join(os.path.dirname(os.path.abspath(args.rerun)), "emulate.npz")
+    return run
+
+
 def cmd_emulate(args):
     import numpy as np
 
     from flashbits.emulator import flash_attention, reference_attention
     from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
+    if args.rerun:
+        _apply_rerun(args)
+    check_out_dir(args.out)
+    if args.fix == "none":
+        args.fix = None
     q, k, v, causal, desc, recipe = _load_inputs(args)
     ov = _parse_overrides(args.override)
     t0 = time.time()
@@ -110,8 +162,12 @@ def cmd_emulate(args):
     fix = r.fix.label if r.fix else "none"
     print(f"flashbits emulate — recipe {recipe}, fix {fix}, rounding "
           f"{r.recipe.stages['P_cast'].rounding}/{r.recipe.stages['O_cast'].rounding} (P̄/O casts), "
-          f"{'causal' if causal else 'non-causal'}")
+          f"{'causal' if causal else 'non-causal'}" + (f", seed {args.seed}" if args.seed is not None else ""))
     print(f"  {desc}")
+    if args.override:
+        print(f"  overrides: {', '.join(args.override)}")
+    if args.rerun:
+        print(f"  rerun of {args.rerun}")
     print(f"  shapes q {tuple(np.shape(q))}, k {tuple(np.shape(k))}; {dt:.1f} s")
     print(f"output error vs float64 reference: max |err| {np.nanmax(np.abs(err[fin])):.3e}, "
           f"rms relative {np.sqrt(np.nanmean(err[fin] ** 2) / np.nanmean(ref[fin] ** 2)):.3e}")
@@ -121,15 +177,21 @@ def cmd_emulate(args):
     print()
     print(r.ledger.format_table())
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
         np.savez_compressed(os.path.join(args.out, "emulate.npz"), q=q, k=k, v=v, out=r.out, ref=ref,
                             m=r.m, l=r.l, lse=r.lse, ref_lse=ref_lse, ledger=r.ledger.table,
                             ledger_stages=np.array(r.ledger.stages))
+        run = {key: getattr(args, key) for key in RUN_KEYS}
+        run["fix"] = run["fix"] or "none"
+        fix_params = None if r.fix is None else {"name": r.fix.name, "eps": r.fix.eps, "beta": r.fix.beta,
+                                                 "delta": r.fix.delta}
         with open(os.path.join(args.out, "emulate.json"), "w") as f:
             json.dump({"recipe": recipe, "fix": fix, "description": desc, "bias": stats,
+                       "run": run, "fix_params": fix_params, "causal": causal, "seed": args.seed,
+                       "rerun": f"flashbits emulate --rerun {os.path.join(args.out, 'emulate.json')}",
                        "stages": r.recipe.describe(), "ledger": r.ledger.to_dict(), "seconds": dt}, f,
                       indent=1, default=float)
-        print(f"\nsaved {args.out}/emulate.npz and emulate.json")
+        print(f"\nsaved {args.out}/emulate.npz and emulate.json "
+              f"(rerun: flashbits emulate --rerun {os.path.join(args.out, 'emulate.json')})")
     return 0
 
 
@@ -146,13 +208,25 @@ def cmd_crosscheck(args):
     from flashbits.crosscheck.record import replay_record
     from flashbits.crosscheck.report import to_markdown
 
+    check_out_dir(args.out)
+    check_out_dir(args.record, "--record")
     if args.replay:
         if not os.path.exists(args.replay):
             raise ValueError(f"no such record: {args.replay} (records live in tests/data/hw/)")
         res = replay_record(args.replay)
         for f in res["failures"][:10]:
             print("  MISMATCH", json.dumps(f))
-        print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
+        verdict = "replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching"
+        print(verdict)
+        if args.out:
+            from flashbits.crosscheck.report import to_json
+
+            to_json(res, os.path.join(args.out, "replay.json"))
+            with open(os.path.join(args.out, "replay.md"), "w") as f:
+                f.write(f"# flashbits crosscheck --replay {args.replay}\n\n**{verdict}** — {res['entries']} "
+                        f"entries, {res['elements']:,} elements compared, {res['mismatches']:,} mismatching.\n")
+                f.writelines(f"\n- MISMATCH {json.dumps(x)}" for x in res["failures"])
+            print(f"wrote {args.out}/replay.json and replay.md")
         return 0 if res["mismatches"] == 0 else 1
     from flashbits.crosscheck.cases import KINDS
     from flashbits.crosscheck.sides import KERNEL_FIXES, parse_tile
@@ -242,9 +316,10 @@ def _add_crosscheck_args(p):
     p.add_argument("--dims", default="64,128", help="head dims to cycle through (default 64,128)")
     p.add_argument("--max-len", type=int, default=260, help="longest sequence generated (default 260)")
     p.add_argument("--seed", type=int, default=0, help="case generator seed and Philox key (default 0)")
-    p.add_argument("--workers", type=int, help="emulator processes (default: all cores)")
+    p.add_argument("--workers", type=positive_int, help="emulator processes (default: all cores)")
     p.add_argument("--no-dump", action="store_true", help="only the production launch (no intermediates)")
-    p.add_argument("--out", help="directory for crosscheck.json and crosscheck.md")
+    p.add_argument("--out", metavar="DIR", help="directory for crosscheck.json and crosscheck.md "
+                                                "(with --replay: replay.json and replay.md)")
     p.add_argument("--record", metavar="DIR", help="save a golden record (inputs + GPU bits) into DIR")
     p.add_argument("--record-cases", type=int, default=4, help="cases per configuration kept in the record")
     p.add_argument("--replay", metavar="FILE", help="check a golden record on the CPU instead (no GPU needed)")
@@ -255,7 +330,7 @@ CROSSCHECK_DESC = """Run the Triton kernels and the emulator on the same inputs 
 output (and, with the dump launch, every intermediate: m and l after each key
 block, the accumulator before the division) bit for bit.
 
-Cases: random; the bias regimes of MISSION.md (tied maxima, concentrated
+Cases: random; the bias regimes of docs/paper.md (tied maxima, concentrated
 attention, same-sign low-rank V); adversarial (±inf inputs, huge logits,
 subnormal values, odd lengths, causal edges).  Output: match counts per
 configuration and tensor, the first mismatch located (tensor, index, stage,
@@ -275,7 +350,7 @@ def build_parser():
         description="Prove, bit for bit, where low-precision flash attention rounds with a bias and "
                     "whether a fix removes it.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Quick start: flashbits emulate --preset ties   (the biased regime of MISSION.md, on the CPU)")
+        epilog="Quick start: flashbits emulate --preset ties   (the biased regime of docs/paper.md, on the CPU)")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("formats", help="print the table of number formats",
                        description="Print every format flashbits knows: widths, bias, range, special values.")
@@ -289,9 +364,13 @@ def build_parser():
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), default="ties", help="named case (default ties)")
     src.add_argument("--inputs", metavar="FILE.npz", help="q, k, v arrays of bf16 values")
+    src.add_argument("--rerun", metavar="DIR/emulate.json",
+                     help="rerun a saved run with its arguments (preset or inputs, recipe, fix, rounding, "
+                          "overrides, causal, seed)")
     p.add_argument("--recipe", choices=list(RECIPES), help="recipe (default: the preset's)")
-    p.add_argument("--fix", choices=list(FIXES),
-                   help="softmax fix: paper (β·max on tied blocks) or offset (max + δ on every block)")
+    p.add_argument("--fix", choices=["none"] + list(FIXES),
+                   help="softmax fix: none (default), paper (β·max on tied blocks) or offset (max + δ on "
+                        "every block)")
     p.add_argument("--eps", type=float, help="paper fix ε (default 1e-3)")
     p.add_argument("--beta", type=float, help="paper fix β (default 2)")
     p.add_argument("--delta", type=float, help="offset fix δ in nats (default ln 2 / 2)")
@@ -303,8 +382,9 @@ def build_parser():
                         "(stage names: docs/recipes.md)")
     p.add_argument("--causal", action="store_true", help="causal mask (top-left aligned)")
     p.add_argument("--seed", type=int, help="Philox key (needed with sr)")
-    p.add_argument("--threads", type=int, help="CPU threads (default all)")
-    p.add_argument("--out", metavar="DIR", help="save inputs, outputs, ledger (emulate.npz, emulate.json)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default all)")
+    p.add_argument("--out", metavar="DIR", help="save inputs, outputs, ledger and the run's arguments "
+                                                "(emulate.npz, emulate.json)")
     p.set_defaults(func=cmd_emulate)
     p = sub.add_parser("crosscheck", help="compare the GPU kernels with the emulator bit for bit",
                        description=CROSSCHECK_DESC, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,6 +9,8 @@ truth reaches a CI without a GPU.
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from flashbits.emulator import from_bits, to_bits
 
 from .cases import Case
 from .compare import compare_sides
+from .progress import progress
 from .sides import Config, emulator_side
 
 
@@ -33,8 +36,31 @@ def save_record(path: str, entries: list[dict], provenance: dict) -> None:
     np.savez_compressed(path, **arrays)
 
 
+def open_npz(path: str, expected: str, keys=()):
+    """``np.load(path)`` of an .npz archive holding ``keys``, or a ValueError that says
+    what is wrong with the file and what was ``expected`` (no traceback for a user's mistake)."""
+    if not os.path.exists(path):
+        raise ValueError(f"{path}: no such file; expected {expected}")
+    try:
+        z = np.load(path)
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not a valid .npz (a corrupt or truncated zip archive); "
+                         f"expected {expected}") from None
+    except (ValueError, OSError, EOFError) as e:  # a text file: numpy's allow_pickle advice; a folder
+        raise ValueError(f"{path} is not an .npz archive ({type(e).__name__}); expected {expected}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path} is a single .npy array, not an .npz archive; expected {expected}")
+    missing = [k for k in keys if k not in z.files]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {', '.join(missing)}; expected {expected}")
+    return z
+
+
+RECORD = "a flashbits golden record (written by crosscheck --record; e.g. tests/data/hw/attention_golden.npz)"
+
+
 def load_record(path: str):
-    z = np.load(path)
+    z = open_npz(path, RECORD, ("provenance", "n"))
     prov = json.loads(str(z["provenance"]))
     entries = []
     for i in range(int(z["n"])):
@@ -56,7 +82,7 @@ def replay_record(path: str, log=print) -> dict:
     entries, prov = load_record(path)
     res = {"record": path, "provenance": prov, "entries": len(entries), "elements": 0, "mismatches": 0,
            "failures": []}
-    for e in entries:
+    for e in progress(entries, total=len(entries), desc="replay"):
         emu = emulator_side(e["q"], e["k"], e["v"], e["case"].causal, e["cfg"], dump=True)
         for launch in ("prod", "dump"):
             if e[launch] is None:

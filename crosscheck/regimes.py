@@ -1,7 +1,7 @@
 """The data regimes of the bias study (issue 6, docs/mechanism.md).
 
 Each regime is a recipe for one attention problem of 2^18 output samples:
-4096 query rows × 64 features, 64 keys (one key block, as in MISSION.md's
+4096 query rows × 64 features, 64 keys (one key block, as in docs/paper.md's
 example), fixed seed.  ``realistic`` is our attempt at what a trained layer
 shows (the paper: similar low-rank keys, a few near-equal maxima, V features of
 one sign on average): 1–3 exactly tied maxima, the other scores spread 3–15

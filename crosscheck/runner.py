@@ -16,6 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from .cases import Case, generate
 from .compare import compare_sides
+from .progress import progress
 from .sides import Config, emulator_side, gpu_side
 
 
@@ -46,13 +47,14 @@ def _pool(workers: int):
 def emulate_many(cases, cfg, workers: int | None = None):
     """Emulator sides of ``cases`` under ``cfg``, in parallel processes."""
     workers = workers or os.cpu_count() or 1
+    desc = f"{cfg.name}: emulator"
     if workers == 1 or len(cases) < 4:
-        return [_emu_task((c, cfg)) for c in cases]
+        return [_emu_task((c, cfg)) for c in progress(cases, total=len(cases), desc=desc)]
     # compile (and cache) the kernels once here, so the workers only load them
     first = _emu_task((cases[0], cfg))
     rest = _pool(workers).map(_emu_task, [(c, cfg) for c in cases[1:]],
                               chunksize=max(1, len(cases) // (4 * workers)))
-    return [first] + list(rest)
+    return [first] + list(progress(rest, total=len(cases) - 1, desc=desc))
 
 
 def crosscheck_config(cases: list[Case], cfg: Config, *, dump_launch: bool = True, workers=None, log=print,
@@ -65,7 +67,7 @@ def crosscheck_config(cases: list[Case], cfg: Config, *, dump_launch: bool = Tru
     """
     t0 = time.time()
     gpu_prod, gpu_dump, kept = [], [], {}
-    for i, c in enumerate(cases):
+    for i, c in enumerate(progress(cases, total=len(cases), desc=f"{cfg.name}: GPU")):
         q, k, v = generate(c)
         gpu_prod.append(gpu_side(q, k, v, c.causal, cfg, dump=False))
         if dump_launch:

@@ -5,6 +5,7 @@ Imports only numpy, numba and ml_dtypes.
 
 from .attention import (FIXES, RECIPES, AttentionResult, Fix, Recipe, RoundingLedger, flash_attention, get_recipe,
                         reference_attention)
+from .attention.stats import bias_stats, signed_error_ulps
 from .bits import from_bits, to_bits
 from .formats import FORMATS, FloatFormat, get_format
 from .hw.sfu import sfu_exp2
@@ -14,5 +15,5 @@ from .rounding import RoundMode, quantize
 __all__ = [
     "FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits", "from_bits",
     "tensor_core_dot", "sfu_exp2", "flash_attention", "reference_attention", "AttentionResult",
-    "RoundingLedger", "Recipe", "RECIPES", "get_recipe", "Fix", "FIXES",
+    "RoundingLedger", "Recipe", "RECIPES", "get_recipe", "Fix", "FIXES", "bias_stats", "signed_error_ulps",
 ]

@@ -76,7 +76,7 @@ class RoundMode(enum.IntEnum):
 # 2^-4 of one half, but not exactly one half, is counted as a "tie decided by
 # sticky bits": an exact tie (say V_a + V_b, whose last bit sits at the half
 # ulp) pushed just over or under half by small terms far below it.  In the
-# tied-maxima regime of MISSION.md those terms are 0.001..0.03 ulp at 12..15
+# tied-maxima regime of docs/paper.md those terms are 0.001..0.03 ulp at 12..15
 # nats; uniformly spread fractions land in the window 1/8 of the time, half of
 # them away from zero, so the signature of the mechanism is the share rounded
 # away (ledger: near_ties_away / near_ties) far from one half.

@@ -6,6 +6,10 @@
 import numpy as np
 
 from flashbits.emulator import FORMATS, from_bits, quantize, to_bits
+from flashbits.emulator import philox, rounding
+from flashbits.emulator.jit_notice import notice_if_cold
+
+notice_if_cold(rounding, philox)  # the first run compiles quantize's kernels (about half a minute)
 
 x = np.array([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-9, -(1.0 + 2.0**-8), 500.0, 1e-40], dtype=np.float32)
 print("x                :", x)

@@ -1,11 +1,10 @@
-"""The bias of MISSION.md in one regime, and what the fixes do to it.
+"""The bias of docs/paper.md in one regime, and what the fixes do to it.
 
     python examples/03_bias_and_fixes.py
 """
 
-from flashbits.crosscheck.regimes import regime_inputs
-from flashbits.emulator import flash_attention, reference_attention
-from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
+from flashbits import bias_stats, flash_attention, reference_attention, signed_error_ulps
+from flashbits.crosscheck import regime_inputs
 
 q, k, v = regime_inputs("ties-12")  # two tied maxima, the rest 12 nats lower, V < 0; 2^18 samples
 ref, _ = reference_attention(q, k, v)

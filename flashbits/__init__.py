@@ -39,12 +39,13 @@ if not _os.path.isdir(_os.path.join(_here, "emulator")) and all(
 
 from .emulator import (FIXES, FORMATS, RECIPES, AttentionResult, Fix, FloatFormat, Recipe,  # noqa: E402
                        RoundingLedger, RoundMode, flash_attention, from_bits, get_format, get_recipe,
-                       quantize, reference_attention, sfu_exp2, tensor_core_dot, to_bits)
+                       quantize, reference_attention, sfu_exp2, tensor_core_dot, to_bits, bias_stats,
+                       signed_error_ulps)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "flash_attention", "reference_attention", "AttentionResult", "RoundingLedger", "Recipe", "RECIPES",
     "get_recipe", "Fix", "FIXES", "FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits",
-    "from_bits", "tensor_core_dot", "sfu_exp2",
+    "from_bits", "tensor_core_dot", "sfu_exp2", "bias_stats", "signed_error_ulps",
 ]

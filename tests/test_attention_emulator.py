@@ -5,7 +5,7 @@ What is checked, and against what:
 * ``precision="fp64"`` (every unit IEEE float64) equals the float64 reference
   for any tiles, lengths, masks, recipe and fix: tiling and the fix are exact
   transformations of softmax (docs/recipes.md, "The fix").
-* The bias claim of issue 4 / MISSION.md on the regimes of crosscheck.regimes.
+* The bias claim of issue 4 / docs/paper.md on the regimes of crosscheck.regimes.
 * Properties: 2-D = 4-D, no cross-talk between (batch, head), causal rows see
   only their keys, the NaN rule stated below, bf16 outputs, an a-priori error
   bound against the reference (derived in ``error_bound``).
@@ -142,7 +142,7 @@ def test_fix_exact_unchanged_hw_changed(recipe, beta):
 
 
 # --------------------------------------------------------------------------------------------
-# c. the bias of issue 4 (MISSION.md)
+# c. the bias of issue 4 (docs/paper.md)
 # --------------------------------------------------------------------------------------------
 
 def _bias(recipe, q, k, v, ref, **kw):
@@ -158,7 +158,7 @@ def test_paper_recipe_bias_in_tied_regime(regime):
     decided by sticky bits at the cast of the block output Ō = P̄V to bf16,
     rounded away from zero in more than 90% of cases.
 
-    What the fix and fa2 do here is printed (pytest -s), not asserted: MISSION.md
+    What the fix and fa2 do here is printed (pytest -s), not asserted: docs/paper.md
     says the fix is not known to remove all of the bias."""
     q, k, v = regime_inputs(regime)
     assert q.shape == (1, 1, 4096, 64) and k.shape == (1, 1, 64, 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import zlib
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ import numba
 import numpy as np
 
 from ..formats import FORMATS, get_format
+from ..jit_notice import notice_if_cold
 from ..hw.sfu import ex2_params, load_exp2_tables
 from ..hw.tensor_core import TC_MODELS, decode_operands
 from ..philox import seed_to_u64
@@ -176,12 +178,15 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     if not (math.isfinite(sc) and sc > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     plan = _plan(rec, fp64, seed)
+    if threads is not None and not (isinstance(threads, (int, np.integer)) and threads >= 1):
+        raise ValueError(f"threads must be a positive integer (or None: all cores), got {threads!r}")
     nthreads = threads or numba.config.NUMBA_NUM_THREADS
     prev = numba.get_num_threads()
     numba.set_num_threads(nthreads)
     try:
         run = _prepare_run(q4, k4, v4, rec, fx, sc, plan, bool(causal), fp64, bool(record), bool(record or dump),
                            nthreads)
+        notice_if_cold(sys.modules[rec.spec.emulate.__module__])
         rec.spec.emulate(run)
     finally:
         numba.set_num_threads(prev)

@@ -31,7 +31,7 @@ NUM_WARPS = (4, 8)
 class Fix:
     """A softmax fix applied per query row and key block.
 
-    ``paper`` (MISSION.md): bm = block max; n = #valid scores >= bm − ε; if
+    ``paper`` (docs/paper.md): bm = block max; n = #valid scores >= bm − ε; if
     n > 1 and bm > 0: bm = β·bm; if n > 1 and bm < 0: bm = 0;
     m_new = max(bm, m_old).
     ``offset`` (flashbits): bm = block max + δ for every block (δ > 0, natural-log
