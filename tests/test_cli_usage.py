@@ -161,14 +161,20 @@ def test_paper_text_exists_and_every_reference_points_to_it():
         r = _cli(*args)
         assert "MISSION" not in r.stdout
     assert "docs/paper.md" in _cli("--help").stdout and "docs/paper.md" in _cli("emulate", "--help").stdout
-    for folder, _, files in os.walk(ROOT):
-        if any(part in folder for part in (".git", "__pycache__", os.path.join("tests", "data"))):
-            continue
-        for name in files:
-            if name.endswith((".py", ".md", ".toml")):
-                with open(os.path.join(folder, name), encoding="utf-8") as f:
-                    text = f.read()
-                assert "MISSION" + ".md" not in text, os.path.join(folder, name)
+    # the repository's own files (git ls-files where there is a .git; local scratch
+    # folders and build outputs are not the repository)
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode == 0 and listed.stdout:
+        paths = [os.path.join(ROOT, p) for p in listed.stdout.split("\n") if p]
+    else:
+        paths = [os.path.join(d, n) for d, _, names in os.walk(ROOT) for n in names
+                 if not any(part.startswith(".") or part in ("__pycache__", "build")
+                            for part in os.path.relpath(d, ROOT).split(os.sep))]
+    for path in paths:
+        if path.endswith((".py", ".md", ".toml")) and os.path.join("tests", "data") not in path:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            assert "MISSION" + ".md" not in text, path
 
 
 def test_bias_helpers_of_example_03_are_public():
