@@ -143,13 +143,11 @@ def _has_cuda() -> bool:
 
 
 def cmd_crosscheck(args):
-    from flashbits.crosscheck.record import replay_record
+    from flashbits.crosscheck.record import find_record, replay_record
     from flashbits.crosscheck.report import to_markdown
 
     if args.replay:
-        if not os.path.exists(args.replay):
-            raise ValueError(f"no such record: {args.replay} (records live in tests/data/hw/)")
-        res = replay_record(args.replay)
+        res = replay_record(find_record(args.replay))
         for f in res["failures"][:10]:
             print("  MISMATCH", json.dumps(f))
         print("replay: all bits equal" if res["mismatches"] == 0 else f"replay: {res['mismatches']} mismatching")
