@@ -361,23 +361,32 @@ def _round_f32_fast_loop(src_bits, out_bits, tgt, mode, seed_u64, offset, rbits,
     r_bits = np.uint32(rbits)
     # Targets whose subnormals reach no lower than float32's (bf16) never take
     # the |x| < smallest-subnormal path: a loop without it vectorises better.
+    # Targets whose normal range reaches down as far as float32's (bf16: emin = −126)
+    # drop the same d0 bits from every finite input: a loop-invariant shift, which
+    # vectorises best of all (the same results: deficit <= 0 for every element there).
     n = src_bits.size
-    if d0 + tmin_field - 1 > 23:
+    if tmin_field <= 1:
         for i in nb.prange(n):
-            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, True, d0, tmin_field, max_enc, minsub_enc,
-                                               over_enc, t_has_inf, mode, seed_u64, offset, r_bits,
-                                               rbits, saturate)
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, True, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
+    elif d0 + tmin_field - 1 > 23:
+        for i in nb.prange(n):
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, True, False, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
     else:
         for i in nb.prange(n):
-            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, d0, tmin_field, max_enc, minsub_enc,
-                                               over_enc, t_has_inf, mode, seed_u64, offset, r_bits,
-                                               rbits, saturate)
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, False, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
 
 
 @nb.njit(inline="always", error_model="numpy")
-def _round_f32_fast_elem(b, i, tiny_path, d0, tmin_field, max_enc, minsub_enc, over_enc, t_has_inf,
-                         mode, seed_u64, offset, r_bits, rbits, saturate):
-    """One element of :func:`_round_f32_fast_loop`; returns the float32 encoding."""
+def _round_f32_fast_elem(b, i, tiny_path, uniform, d0, tmin_field, max_enc, minsub_enc, over_enc,
+                         t_has_inf, mode, seed_u64, offset, r_bits, rbits, saturate):
+    """One element of :func:`_round_f32_fast_loop`; returns the float32 encoding.
+    ``uniform``: the caller knows d = d0 for every element (tmin_field <= 1)."""
     u1 = np.uint32(1)
     u0 = np.uint32(0)
     b = np.uint32(b)
@@ -386,8 +395,11 @@ def _round_f32_fast_elem(b, i, tiny_path, d0, tmin_field, max_enc, minsub_enc, o
     pos = neg ^ u1
     mag = b & np.uint32(0x7FFFFFFF)
     ef = np.int32(mag >> np.uint32(23))
-    deficit = tmin_field - max(ef, np.int32(1))
-    d = d0 + max(deficit, np.int32(0))
+    if uniform:
+        d = d0
+    else:
+        deficit = tmin_field - max(ef, np.int32(1))
+        d = d0 + max(deficit, np.int32(0))
     r = u0
     if mode == 5:
         r = np.uint32(randint_word(seed_u64, offset + i)) >> (np.uint32(32) - r_bits)
