@@ -10,6 +10,12 @@ that widening (``astype(...).astype(np.float32)``), the like-for-like
 comparison.  quantize runs with numba threads = 1 and = all cores; ml_dtypes
 is single-threaded.  The goal is ratio <= 1.5.
 
+Measured (2 shared cores, x86_64, numba 0.68.1, ml_dtypes 0.7.0, 2^24, median of 9), bf16:
+1.22× (1 thread) / 1.45× (2 threads) before bf16 took the loop-invariant-shift loop
+(rounding._round_f32_fast_loop, ``uniform``), 0.70–0.75× / 0.85–0.86× after; the
+kernel alone went from 14.2 to 6.1 ms (np.copy of the input: 6.6 ms), the rest is the
+first touch of the 64 MB float32 output (ml_dtypes writes 32 MB of bf16 codes).
+
     python benchmarks/bench_quantize.py [--n-log2 24] [--repeats 9]
 """
 

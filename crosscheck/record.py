@@ -22,6 +22,44 @@ from .progress import progress
 from .sides import Config, emulator_side
 
 
+# Where golden records are looked for after the current directory: an installed wheel
+# ships tests/data/hw/attention*_golden.npz as flashbits/records/ (pyproject.toml's
+# package-data); a source checkout keeps them in tests/data/hw/.
+_PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # flashbits/ or the checkout root
+RECORD_DIRS = (os.path.join(_PKG, "records"), os.path.join(_PKG, "tests", "data", "hw"))
+DOCUMENTED_PREFIX = os.path.join("tests", "data", "hw")
+
+
+def record_dirs() -> list[str]:
+    """The folders holding the shipped golden records, those that exist here."""
+    return [d for d in RECORD_DIRS if os.path.isdir(d)]
+
+
+def find_record(name: str) -> str:
+    """Resolve a record argument: a path (as given, relative to the current directory)
+    first, then its file name (``.npz`` added when missing) in the installed package
+    data and the checkout's tests/data/hw/.  So ``attention_golden``,
+    ``attention_golden.npz`` and the documented ``tests/data/hw/attention_golden.npz``
+    all work from any directory.  FileNotFoundError lists every place looked at."""
+    looked = [os.path.abspath(name)]
+    if os.path.isfile(name):
+        return name
+    base = os.path.basename(name)
+    if not base.endswith(".npz"):
+        base += ".npz"
+    if not os.path.isabs(name):
+        for d in record_dirs():
+            cand = os.path.join(d, base)
+            if cand not in looked:
+                looked.append(cand)
+            if os.path.isfile(cand):
+                return cand
+    shipped = sorted({f for d in record_dirs() for f in os.listdir(d)
+                      if f.startswith("attention") and f.endswith(".npz")})
+    raise FileNotFoundError(f"no such record: {name}; looked in:\n  " + "\n  ".join(looked)
+                            + ("\nshipped records: " + ", ".join(shipped) if shipped else ""))
+
+
 def save_record(path: str, entries: list[dict], provenance: dict) -> None:
     """entries: dicts with case (Case), cfg (Config), q, k, v (bf16 values), prod, dump (sides)."""
     arrays = {"provenance": np.array(json.dumps(provenance)), "n": np.int64(len(entries))}

@@ -3,6 +3,8 @@
 Imports only numpy, numba and ml_dtypes.
 """
 
+from . import numba_cache  # noqa: F401  (first: stamps every cached kernel with the sources' hash)
+
 from .attention import (FIXES, RECIPES, AttentionResult, Fix, Recipe, RoundingLedger, flash_attention, get_recipe,
                         reference_attention)
 from .attention.stats import bias_stats, signed_error_ulps

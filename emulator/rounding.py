@@ -361,23 +361,32 @@ def _round_f32_fast_loop(src_bits, out_bits, tgt, mode, seed_u64, offset, rbits,
     r_bits = np.uint32(rbits)
     # Targets whose subnormals reach no lower than float32's (bf16) never take
     # the |x| < smallest-subnormal path: a loop without it vectorises better.
+    # Targets whose normal range reaches down as far as float32's (bf16: emin = −126)
+    # drop the same d0 bits from every finite input: a loop-invariant shift, which
+    # vectorises best of all (the same results: deficit <= 0 for every element there).
     n = src_bits.size
-    if d0 + tmin_field - 1 > 23:
+    if tmin_field <= 1:
         for i in nb.prange(n):
-            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, True, d0, tmin_field, max_enc, minsub_enc,
-                                               over_enc, t_has_inf, mode, seed_u64, offset, r_bits,
-                                               rbits, saturate)
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, True, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
+    elif d0 + tmin_field - 1 > 23:
+        for i in nb.prange(n):
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, True, False, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
     else:
         for i in nb.prange(n):
-            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, d0, tmin_field, max_enc, minsub_enc,
-                                               over_enc, t_has_inf, mode, seed_u64, offset, r_bits,
-                                               rbits, saturate)
+            out_bits[i] = _round_f32_fast_elem(src_bits[i], i, False, False, d0, tmin_field, max_enc,
+                                               minsub_enc, over_enc, t_has_inf, mode, seed_u64, offset,
+                                               r_bits, rbits, saturate)
 
 
 @nb.njit(inline="always", error_model="numpy")
-def _round_f32_fast_elem(b, i, tiny_path, d0, tmin_field, max_enc, minsub_enc, over_enc, t_has_inf,
-                         mode, seed_u64, offset, r_bits, rbits, saturate):
-    """One element of :func:`_round_f32_fast_loop`; returns the float32 encoding."""
+def _round_f32_fast_elem(b, i, tiny_path, uniform, d0, tmin_field, max_enc, minsub_enc, over_enc,
+                         t_has_inf, mode, seed_u64, offset, r_bits, rbits, saturate):
+    """One element of :func:`_round_f32_fast_loop`; returns the float32 encoding.
+    ``uniform``: the caller knows d = d0 for every element (tmin_field <= 1)."""
     u1 = np.uint32(1)
     u0 = np.uint32(0)
     b = np.uint32(b)
@@ -386,8 +395,11 @@ def _round_f32_fast_elem(b, i, tiny_path, d0, tmin_field, max_enc, minsub_enc, o
     pos = neg ^ u1
     mag = b & np.uint32(0x7FFFFFFF)
     ef = np.int32(mag >> np.uint32(23))
-    deficit = tmin_field - max(ef, np.int32(1))
-    d = d0 + max(deficit, np.int32(0))
+    if uniform:
+        d = d0
+    else:
+        deficit = tmin_field - max(ef, np.int32(1))
+        d = d0 + max(deficit, np.int32(0))
     r = u0
     if mode == 5:
         r = np.uint32(randint_word(seed_u64, offset + i)) >> (np.uint32(32) - r_bits)
@@ -492,18 +504,55 @@ def _inexact_count(src_bits, src, tgt, out):
 _FLOAT_LAYOUT = {np.dtype(np.float32): FORMATS["fp32"], np.dtype(np.float64): FORMATS["fp64"]}
 
 
+def _narrow_float_dtypes() -> dict:
+    """numpy float16 and every ml_dtypes float format whose values all convert exactly
+    to float32 (at most 23 fraction bits, exponents within float32's, subnormals
+    included), by dtype; each is widened to float32 on the way in."""
+    import ml_dtypes
+
+    out = {np.dtype(np.float16): "float16"}
+    for name in sorted(dir(ml_dtypes)):
+        if not name.startswith(("float", "bfloat")):
+            continue
+        try:
+            dt = np.dtype(getattr(ml_dtypes, name))
+            fi = ml_dtypes.finfo(dt)
+        except (TypeError, ValueError, AttributeError):
+            continue
+        lowest = int(fi.minexp) - int(fi.nmant)  # exponent of the smallest subnormal
+        if dt.itemsize < 4 and fi.nmant <= 23 and fi.maxexp <= 128 and lowest >= -149:
+            out[dt] = name
+    return out
+
+
+NARROW_FLOAT_DTYPES = _narrow_float_dtypes()
+
+DTYPE_POLICY = (
+    "float32 or float64 arrays, or numpy float16 / ml_dtypes narrow-float arrays "
+    "(bfloat16, float8_*, float6_*, float4_*: every value converts exactly to float32, "
+    "so they are widened to float32 first)")
+
+
 def as_float_array(x, what: str = "x") -> np.ndarray:
-    """``x`` as a float32/float64 ndarray, or a TypeError saying what is accepted."""
+    """The one dtype policy of every public function that takes float arrays
+    (quantize, to_bits, tensor_core_dot, sfu_exp2, flash_attention, reference_attention):
+    ``x`` as a float32 or float64 ndarray.  float32 and float64 pass unchanged; numpy
+    float16 and the ml_dtypes float formats (:data:`NARROW_FLOAT_DTYPES`: bfloat16,
+    float8_e4m3fn, float8_e5m2, ...) are converted to float32, which is exact for every
+    value of them (NaN and ±inf included).  Anything else — integers, booleans, complex,
+    longdouble, ml_dtypes int4, objects — is a TypeError saying what is accepted."""
     arr = np.asarray(x)
-    if arr.dtype not in _FLOAT_LAYOUT:
-        kind = {"i": "integer", "u": "unsigned integer", "c": "complex", "b": "boolean"}.get(
-            arr.dtype.kind, str(arr.dtype))
-        raise TypeError(
-            f"{what} must be a float32 or float64 array, got dtype {arr.dtype} ({kind}); "
-            f"convert it first, e.g. np.asarray({what}, dtype=np.float64)"
-            + (" (complex values have no single rounding: quantize .real and .imag separately)"
-               if arr.dtype.kind == "c" else ""))
-    return arr
+    if arr.dtype in _FLOAT_LAYOUT:
+        return arr
+    if arr.dtype in NARROW_FLOAT_DTYPES:
+        return arr.astype(np.float32)
+    kind = {"i": "integer", "u": "unsigned integer", "c": "complex", "b": "boolean",
+            "f": "floating point wider than float64"}.get(arr.dtype.kind, str(arr.dtype))
+    raise TypeError(
+        f"{what} must be a float array: {DTYPE_POLICY}; got dtype {arr.dtype} ({kind}); "
+        f"convert it first, e.g. np.asarray({what}, dtype=np.float64)"
+        + (" (complex values have no single rounding: quantize .real and .imag separately)"
+           if arr.dtype.kind == "c" else ""))
 
 
 def check_rand_bits(rand_bits) -> int:
@@ -522,7 +571,8 @@ def quantize(x, fmt, rounding="rne", *, saturate=False, seed=None, rand_bits=Non
 
     Parameters
     ----------
-    x : float32 or float64 array-like, any shape.
+    x : float array-like, any shape: float32 or float64, or numpy float16 / ml_dtypes
+        bfloat16, float8_* ... (widened exactly to float32 first; :func:`as_float_array`).
     fmt : format name (``emulator.FORMATS``) or :class:`FloatFormat`.
     rounding : ``rne`` | ``rna`` | ``rz`` | ``ru`` | ``rd`` | ``sr``.
     saturate : clamp overflow and ±inf to ±max finite (NaN stays NaN).

@@ -44,7 +44,7 @@ def test_unknown_rounding_lists_the_valid_ones(bad):
     (np.array([1, 2, 3], np.uint16), "unsigned integer"),
     (np.array([1 + 2j], np.complex128), "complex"),
     (np.array([True, False]), "boolean"),
-    (np.array([1.0], np.float16), "float16"),
+    (np.array([1.0], np.longdouble), "wider than float64"),
     ([1, 2, 3], "integer"),
 ])
 def test_non_float_inputs_raise_typeerror(arr, kind):
@@ -52,6 +52,11 @@ def test_non_float_inputs_raise_typeerror(arr, kind):
         quantize(arr, "bf16")
     msg = str(e.value)
     assert "float32 or float64" in msg and kind in msg
+
+
+def test_float16_is_accepted_by_the_dtype_policy():
+    """float16 (and ml_dtypes floats) are widened exactly: tests/test_dtype_policy.py."""
+    assert quantize(np.array([1.0, 3.0], np.float16), "bf16").tolist() == [1.0, 3.0]
 
 
 def test_complex_message_says_what_to_do():

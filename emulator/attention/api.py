@@ -15,7 +15,7 @@ from ..jit_notice import notice_if_cold
 from ..hw.sfu import ex2_params, load_exp2_tables
 from ..hw.tensor_core import TC_MODELS, decode_operands
 from ..philox import seed_to_u64
-from ..rounding import RoundMode, quantize, target
+from ..rounding import RoundMode, as_float_array, quantize, target
 from . import units
 from .rows import Job, Operand, Operands, Outputs, Scalars, Tiling, Units
 from .ledger import NF, RoundingLedger
@@ -65,12 +65,7 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 def _as_4d(x, name):
-    arr = np.asarray(x)
-    if arr.dtype.kind == "V" or str(arr.dtype) in ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float16"):
-        arr = arr.astype(np.float32)
-    if arr.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name} must be a float32/float64 (or ml_dtypes bfloat16) array of bf16 values, "
-                        f"got dtype {arr.dtype}")
+    arr = as_float_array(x, name)  # the shared dtype policy (rounding.as_float_array)
     if arr.ndim == 2:
         return arr[None, None], True
     if arr.ndim == 4:
@@ -143,7 +138,9 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     """Flash attention, forward, exactly as the recipe's arithmetic does it.
 
     q, k, v : (batch, heads, seq, dim) or (seq, dim) arrays of bf16 values
-        (float32/float64 holding bf16 values, or ml_dtypes.bfloat16).  q and k
+        (float32/float64 holding bf16 values, or any dtype of the shared policy of
+        ``rounding.as_float_array``: numpy float16, ml_dtypes bfloat16, float8_*, whose
+        values are widened exactly to float32 — fp16 values must still be bf16 values).  q and k
         lengths may differ; any lengths (no multiple of the block needed).
     recipe : a name of ``RECIPES`` (``fa2``, ``paper``) | a :class:`Recipe`.
     fix : None | ``paper`` | ``offset`` | :class:`Fix`; ``eps``/``beta`` set the

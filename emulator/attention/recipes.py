@@ -40,6 +40,13 @@ class Fix:
     are no longer exact copies of V with a regular tail, and no β needs tuning
     (nothing underflows: the shift is constant).
     Exact-arithmetic softmax is unchanged by any m >= the row max.
+
+    The paper fix can make a row NaN where the float64 reference is finite: the row's
+    final m is the max over its blocks of β·bm (tied block, bm > 0), 0 (tied, bm < 0)
+    or bm, and its largest P̄ is e^(M − m), M the row max; when M − m < −134·ln 2 ≈
+    −92.9 nats every P̄ rounds to 0 in bf16, l = 0 and O = 0/0 = NaN (both sides; e.g.
+    scale 10 on N(0, 1) inputs, where bf16 scores of ~100 tie often).  docs/recipes.md,
+    "The fix"; tests/test_fix_underflow.py.
     """
 
     name: str = "paper"

@@ -186,7 +186,8 @@ def exp2_table_model(x_bits: np.ndarray, tpos, tneg, *, F: int, round_key: bool,
 def sfu_exp2(x, *, arch: str = "sm90", ftz: bool = False) -> np.ndarray:
     """2^x as Hopper's ``ex2.approx[.ftz].f32`` computes it, bit for bit.
 
-    x : float32 array (float64 input must already hold float32 values).
+    x : float32 array (float64 input must already hold float32 values; numpy float16 and
+        ml_dtypes narrow floats are widened exactly, the shared policy of as_float_array).
     Returns float32 of the same shape.  See the module docstring.
     """
     arr = as_float_array(x)

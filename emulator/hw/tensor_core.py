@@ -593,8 +593,10 @@ def tensor_core_dot(a, b, c=None, *, in_fmt="bf16", arch="sm90"):
     """``a @ b + c`` exactly as chained Hopper wgmma k-steps compute it.
 
     a : (M, K) and b : (K, N) float arrays whose values are representable in
-        ``in_fmt`` (bf16, fp16, fp8_e4m3, fp8_e5m2); checked, not rounded.
-    c : (M, N) float32 accumulator (values representable in fp32) or None (+0).
+        ``in_fmt`` (bf16, fp16, fp8_e4m3, fp8_e5m2); checked, not rounded.  Any dtype
+        of the shared policy (:func:`~flashbits.emulator.rounding.as_float_array`):
+        float32/float64, or numpy float16 / ml_dtypes bfloat16, float8_* arrays.
+    c : (M, N) accumulator (values representable in fp32, same dtype policy) or None (+0).
     Returns float32 (M, N).  See the module docstring for the arithmetic.
     """
     fmt, model = _resolve(in_fmt, arch)
