@@ -173,8 +173,8 @@ def run_grid(regimes, recipes, fixes, roundings, *, rows=ROWS, ablate="rne", log
                         continue
                     r, err, st = run_cell(q, k, v, ref, recipe, fix, rnd)
                     stages = {row["stage"]: {"mean_ulp": row["mean_ulp"], "t": row["t"], "ops": row["ops"],
-                                             "near_ties": row["near_ties"],
-                                             "near_ties_away": row["near_ties_away"]}
+                                             "sticky_ties": row["sticky_ties"],
+                                             "sticky_ties_away": row["sticky_ties_away"]}
                               for row in r.ledger.rows()}
                     key = (regime, recipe, fix, rnd)
                     cell = {"regime": regime, "recipe": recipe, "fix": fix, "rounding": rnd,
@@ -244,8 +244,10 @@ def loudest_cast(cell) -> str:
     if not casts:
         return "—"
     name, st = max(casts.items(), key=lambda kv: abs(kv[1]["t"]))
-    nt = st["near_ties"]
-    share = f" ({100 * st['near_ties_away'] / nt:.0f}% away)" if nt else ""
+    # cells saved before the rename call them near_ties
+    nt = st.get("sticky_ties", st.get("near_ties", 0))
+    away = st.get("sticky_ties_away", st.get("near_ties_away", 0))
+    share = f" ({100 * away / nt:.0f}% away)" if nt else ""
     return f"{name} t {st['t']:+.0f}, {nt}{share}"
 
 

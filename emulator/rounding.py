@@ -79,7 +79,7 @@ class RoundMode(enum.IntEnum):
 # tied-maxima regime of docs/paper.md those terms are 0.001..0.03 ulp at 12..15
 # nats; uniformly spread fractions land in the window 1/8 of the time, half of
 # them away from zero, so the signature of the mechanism is the share rounded
-# away (ledger: near_ties_away / near_ties) far from one half.
+# away (ledger: sticky_ties_away / sticky_ties) far from one half.
 NEAR_TIE_WINDOW_LOG2 = 4
 
 # Flag bits returned by round_bits().

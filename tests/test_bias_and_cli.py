@@ -73,8 +73,8 @@ def test_bias_grid_small_cell_and_ablation():
     assert cell["ablation"]["Ō path→fp32"]["t"] == pytest.approx(cell["t"], rel=1e-9)
     assert cell["ablation"]["l path→fp32"]["t"] == pytest.approx(cell["t"], rel=1e-9)
     assert cell["ablation"]["Ō+l paths→fp32"]["t"] > 0
-    assert cell["stages"]["PV_cast"]["near_ties"] > 0
-    assert cell["stages"]["PV_cast"]["near_ties_away"] > 0.9 * cell["stages"]["PV_cast"]["near_ties"]
+    assert cell["stages"]["PV_cast"]["sticky_ties"] > 0
+    assert cell["stages"]["PV_cast"]["sticky_ties_away"] > 0.9 * cell["stages"]["PV_cast"]["sticky_ties"]
 
 
 def test_worked_example_shows_a_sticky_tie():

@@ -2,10 +2,10 @@
 
 Fields per stage (accumulated by the compiled kernels in a float64 array):
 ops (roundings applied), inexact, ties (exactly half an ulp discarded),
-ties_away (of those, rounded away from zero), near_ties ("ties decided by
+ties_away (of those, rounded away from zero), sticky_ties ("ties decided by
 sticky bits": the discarded fraction is within 2^-4 ulp of one half but not
 exactly one half, :data:`emulator.rounding.NEAR_TIE_WINDOW_LOG2`),
-near_ties_away, away (inexact roundings that increased the magnitude),
+sticky_ties_away, away (inexact roundings that increased the magnitude),
 overflow, specials (NaN/inf inputs), and the sum and sum of squares of the
 signed error (rounded − exact, in ulps of the result's format at the exact
 value's binade) over ``n_err`` roundings (all but specials and overflows).
@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-FIELDS = ("ops", "inexact", "ties", "ties_away", "near_ties", "near_ties_away", "away", "overflow",
+FIELDS = ("ops", "inexact", "ties", "ties_away", "sticky_ties", "sticky_ties_away", "away", "overflow",
           "specials", "sum_err", "sum_err2", "n_err")
 NF = len(FIELDS)
 F_OPS, F_INEXACT, F_TIES, F_TIES_AWAY, F_NEAR, F_NEAR_AWAY, F_AWAY, F_OVER, F_SPEC, F_SUM, F_SUM2, F_N = range(NF)
@@ -48,6 +48,8 @@ class RoundingLedger:
         mean = row[F_SUM] / n if n else 0.0
         var = max(row[F_SUM2] / n - mean * mean, 0.0) * n / (n - 1) if n > 1 else 0.0
         sem = math.sqrt(var / n) if n > 1 else 0.0
+        # the names these fields had before (records and scripts written then read them)
+        d.update(near_ties=d["sticky_ties"], near_ties_away=d["sticky_ties_away"])
         d.update(stage=stage, kind=self.kinds.get(stage, "round"), mean_ulp=mean, sem_ulp=sem,
                  t=(mean / sem if sem > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))))
         return d
@@ -69,9 +71,9 @@ class RoundingLedger:
                 f"{'away':>7}{'mean ulp':>12}{'t':>9}")
         lines = [head, "-" * len(head)]
         for r in self.rows():
-            st = f"{r['near_ties']}"
-            if r["near_ties"]:
-                st += f"({100 * r['near_ties_away'] / r['near_ties']:.0f}%)"
+            st = f"{r['sticky_ties']}"
+            if r["sticky_ties"]:
+                st += f"({100 * r['sticky_ties_away'] / r['sticky_ties']:.0f}%)"
             away = f"{100 * r['away'] / r['inexact']:.0f}%" if r["inexact"] else "-"
             lines.append(f"{r['stage']:<12}{r['kind']:<12}{r['ops']:>11}{r['inexact']:>11}{r['ties']:>9}"
                          f"{st:>12}{away:>7}{r['mean_ulp']:>12.3e}{r['t']:>9.1f}")
