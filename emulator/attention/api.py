@@ -21,7 +21,7 @@ from .rows import Job, Operand, Operands, Outputs, Scalars, Tiling, Units
 from .ledger import NF, RoundingLedger
 from .recipes import Fix, Recipe, get_fix, get_recipe
 
-__all__ = ["flash_attention", "reference_attention", "AttentionResult", "EmulatorRun", "stage_seed", "MAX_HEAD_DIM"]
+__all__ = ["flash_attention", "reference_attention", "AttentionResult", "stage_seed", "MAX_HEAD_DIM"]
 
 MAX_HEAD_DIM = 256
 INPUT_FORMAT = "bf16"
@@ -181,35 +181,16 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     prev = numba.get_num_threads()
     numba.set_num_threads(nthreads)
     try:
-        run = _prepare_run(q4, k4, v4, rec, fx, sc, plan, bool(causal), fp64, bool(record), bool(record or dump),
+        job = _prepare_job(q4, k4, v4, rec, fx, sc, plan, bool(causal), fp64, bool(record), bool(record or dump),
                            nthreads)
-        notice_if_cold(sys.modules[rec.spec.emulate.__module__])
-        rec.spec.emulate(run)
+        notice_if_cold(sys.modules[rec.spec.kernel.__module__])
+        rec.spec.emulate(job)
     finally:
         numba.set_num_threads(prev)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = rec.lse(run.outputs.m, run.outputs.l)
-    return _shape_result(run, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
+        lse = rec.lse(job.outputs.m, job.outputs.l)
+    return _shape_result(job, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
                          {"scale": sc, "causal": bool(causal), "precision": precision})
-
-
-@dataclass
-class EmulatorRun:
-    """One emulator call as a family's ``emulate`` receives it: ``job`` (rows.Job) holds
-    the operands in the forms the compiled kernels read (values as float64 and their
-    tensor-core decodings; Kᵀ transposed, V padded to whole key blocks), the kernel
-    scalars, the hardware-unit parameters, the stage plan, the tiling and the output
-    arrays the kernel fills (rows flattened to batch·heads); ``blocks``: key blocks
-    of the longest row."""
-
-    recipe: Recipe
-    fix: Fix | None
-    job: Job
-    blocks: int
-
-    @property
-    def outputs(self) -> Outputs:
-        return self.job.outputs
 
 
 def _int64s(t) -> np.ndarray:
@@ -222,9 +203,11 @@ def _operand(values: np.ndarray, fmt: str) -> Operand:
     return Operand(values.astype(np.float64), sig, exp, spec)
 
 
-def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthreads) -> EmulatorRun:
-    """Operands decoded for the tensor-core model, V cast to the P̄·V operand format
-    where the recipe asks, hardware-unit parameters, and the output arrays."""
+def _prepare_job(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthreads) -> Job:
+    """The rows.Job of one call: operands decoded for the tensor-core model (Kᵀ transposed,
+    V padded to whole key blocks and cast to the P̄·V operand format where the recipe asks),
+    the kernel scalars, hardware-unit parameters, plan, tiling, and the output arrays the
+    kernel fills (rows flattened to batch·heads)."""
     B, H, Nq, D = q4.shape
     Nk = k4.shape[2]
     bn = rec.block_n
@@ -251,7 +234,7 @@ def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthr
     tpos, tneg, ex2 = load_exp2_tables("sm90")
     ks = rec.scalars(sc, fx, fp64)
     shape_keep = (lambda *s: s) if keep else (lambda *s: (1, 1, 1))
-    job = Job(
+    return Job(
         operands=Operands(_operand(qf, INPUT_FORMAT), _operand(kT, INPUT_FORMAT), _operand(vf, fv.name)),
         scalars=Scalars(ks.qk_scale, ks.eps, ks.beta, ks.delta, units.FIX_KINDS[fx.name if fx else None]),
         units=Units(hw=not fp64, arith=_int64s(target(FORMATS["fp64" if fp64 else "fp32"])), tc_qk=_int64s(tc_qk),
@@ -264,7 +247,6 @@ def _prepare_run(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthr
                         m_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
                         l_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),
                         ledgers=ledgers, record=record, keep=keep))
-    return EmulatorRun(recipe=rec, fix=fx, job=job, blocks=nblk)
 
 
 def _tc_models(v_fmt: str, fp64: bool):
@@ -282,9 +264,11 @@ def _tc_models(v_fmt: str, fp64: bool):
             (tcm_v.k_step, tcm_v.frac_bits, tcm_v.sum_frac_bits, fv.mant_bits), fv)
 
 
-def _shape_result(run: EmulatorRun, lse, rec, fx, shape4, squeeze, fp64, info) -> AttentionResult:
+def _shape_result(job: Job, lse, rec, fx, shape4, squeeze, fp64, info) -> AttentionResult:
     B, H, Nq, D = shape4
-    outs = run.outputs
+    outs = job.outputs
+    Nk = job.tiling.Nk
+    blocks = (Nk + job.tiling.block_n - 1) // job.tiling.block_n
     odt = np.float64 if fp64 else np.float32
 
     def shp(a, last):
@@ -293,13 +277,13 @@ def _shape_result(run: EmulatorRun, lse, rec, fx, shape4, squeeze, fp64, info) -
 
     res = AttentionResult(
         out=shp(outs.out.astype(odt), D), lse=shp(lse, None), m=shp(outs.m, None), l=shp(outs.l, None),
-        recipe=rec, fix=fx, info={**info, "shape": shape4, "Nk": run.job.tiling.Nk, "blocks": run.blocks})
+        recipe=rec, fix=fx, info={**info, "shape": shape4, "Nk": Nk, "blocks": blocks})
     if outs.record:
         res.ledger = RoundingLedger(list(rec.stages), outs.ledgers.sum(axis=0),
                                     {s.name: s.kind for s in rec.stages.values()})
     if outs.keep:
-        res.m_blocks = shp(outs.m_blocks, run.blocks)
-        res.l_blocks = shp(outs.l_blocks, run.blocks)
+        res.m_blocks = shp(outs.m_blocks, blocks)
+        res.l_blocks = shp(outs.l_blocks, blocks)
         res.acc = shp(outs.acc, D)
     return res
 

@@ -25,10 +25,13 @@ Modules: ``common`` (the casts, row tile and epilogue both kernels share),
 
 from __future__ import annotations
 
+from flashbits.emulator.attention.families import FAMILIES
+
 from .fa2 import _fa2_fwd
 from .paper import _paper_fwd
 
-# every production kernel by name (flashbits.gpu.compile, the PTX tests)
-KERNELS = {"_fa2_fwd": _fa2_fwd, "_paper_fwd": _paper_fwd}
+# every production kernel by name (flashbits.gpu.compile, the PTX tests), from the one
+# registry of families: a new family's kernel is found here without another line
+KERNELS = {k.__name__: k for k in (f.gpu_kernels().KERNEL for f in FAMILIES.values())}
 
 __all__ = ["KERNELS", "_fa2_fwd", "_paper_fwd"]

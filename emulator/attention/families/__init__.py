@@ -15,7 +15,8 @@ name:
   fix's ε, β, δ in the family's domain), derived once for both sides;
 * :meth:`Family.lse`: log-sum-exp in nats from the final m and l;
 * ``compared``: the tensors the crosscheck compares per launch kind;
-* ``emulate``: the emulator's kernel driver; ``gpu_module``: the module of
+* ``kernel``: the family's cached numba kernel (:meth:`Family.emulate` runs it);
+  ``gpu_module``: the module of
   ``flashbits.gpu`` that holds the family's Triton kernel (imported only by
   the GPU side, so the emulator never needs torch).
 
@@ -78,7 +79,7 @@ class Family:
     block_m: int
     block_n: int
     num_warps: int
-    emulate: Callable
+    kernel: Callable
     gpu_module: str
     compared: dict = field(default_factory=lambda: {"production": PRODUCTION_TENSORS, "dump": DUMP_TENSORS})
 
@@ -101,6 +102,12 @@ class Family:
         if self.domain == "log2":
             return m * LN2 + log(l)
         return m + log(l)
+
+    def emulate(self, job):
+        """Fill ``job``'s outputs (a rows.Job) with the family's op sequence, every row."""
+        from ..rows import kernel_args
+
+        self.kernel(*kernel_args(job))
 
     def gpu_kernels(self):
         """The family's module of ``flashbits.gpu.kernels`` (needs torch + triton)."""

@@ -16,7 +16,7 @@ import numba as nb
 import numpy as np
 
 from . import Family
-from ..rows import (Running, block_operand, kernel_args, make_job, make_row_driver, row_operand, set_p_operand,
+from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
 from ..units import (FIX_OFFSET, FIX_PAPER, arith_fma, arith_mul, ex2_unit, maxnum, round_add, round_fma, round_mul,
@@ -160,6 +160,8 @@ def finish_row(job, stages, work, running):
 drive_rows = make_row_driver(block_step, finish_row, STAGE.div, STAGE.O_cast)
 
 
+# one cached kernel per family module: numba caches a top-level function only when
+# its callees are fixed (drive_rows here), not passed in (rows' docstring)
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
     """The fa2 recipe for every row of every (batch·head) (rows.kernel_args), ledger chunks
@@ -169,12 +171,7 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
         drive_rows(make_job(q, kT, v, scalars, units, plan, tiling, outputs), ch, n_chunks)
 
 
-def emulate(run):
-    """Fill ``run``'s outputs (api.EmulatorRun) with the fa2 op sequence, every row."""
-    kernel(*kernel_args(run.job))
-
-
 FAMILY = Family(name="fa2", doc="FlashAttention-2 / Triton tutorial: fp32 S, m, l and running output, "
                 "exp2 with the scale folded in, P̄ cast to bf16 for P̄·V",
-                domain="log2", stages=FA2_STAGES, block_m=128, block_n=64, num_warps=8, emulate=emulate,
+                domain="log2", stages=FA2_STAGES, block_m=128, block_n=64, num_warps=8, kernel=kernel,
                 gpu_module="flashbits.gpu.kernels.fa2")

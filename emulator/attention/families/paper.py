@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from . import Family
-from ..rows import (Running, block_operand, kernel_args, make_job, make_row_driver, row_operand, set_p_operand,
+from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
 from ..units import (FIX_OFFSET, FIX_PAPER, LOG2E_F32, PLAN_COMPENSATED, arith_add, arith_mul,
@@ -234,6 +234,8 @@ def finish_row(job, stages, work, running):
 drive_rows = make_row_driver(block_step, finish_row, STAGE.div, STAGE.O_cast)
 
 
+# one cached kernel per family module: numba caches a top-level function only when
+# its callees are fixed (drive_rows here), not passed in (rows' docstring)
 @nb.njit(cache=True, parallel=True, error_model="numpy")
 def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
     """The paper recipe for every row of every (batch·head) (rows.kernel_args), ledger chunks
@@ -243,12 +245,7 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
         drive_rows(make_job(q, kT, v, scalars, units, plan, tiling, outputs), ch, n_chunks)
 
 
-def emulate(run):
-    """Fill ``run``'s outputs (api.EmulatorRun) with the paper op sequence, every row."""
-    kernel(*kernel_args(run.job))
-
-
 FAMILY = Family(name="paper", doc="the paper's reference: every tensor bf16, block outputs cast to bf16, "
                 "bf16 running output and row sums, natural-log domain",
-                domain="ln", stages=PAPER_STAGES, block_m=64, block_n=64, num_warps=4, emulate=emulate,
+                domain="ln", stages=PAPER_STAGES, block_m=64, block_n=64, num_warps=4, kernel=kernel,
                 gpu_module="flashbits.gpu.kernels.paper")
