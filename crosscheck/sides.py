@@ -9,6 +9,7 @@ import numpy as np
 
 from flashbits.emulator import flash_attention as emu_flash_attention
 from flashbits.emulator import to_bits
+from flashbits.gpu.attention import KERNEL_FIXES as _KERNEL_FIXES
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,9 @@ class Config:
         return asdict(self)
 
 
-# the fixes the GPU kernels implement (gpu.attention.check_kernel_recipe refuses the
-# others, which run in the emulator only)
-KERNEL_FIXES = (None, "paper")
+# the fix settings the GPU kernels run: none, and those they implement
+# (gpu.attention.KERNEL_FIXES; the others run in the emulator only)
+KERNEL_FIXES = (None,) + _KERNEL_FIXES
 
 
 _TILE = re.compile(r"(\d+)x(\d+)w(\d+)(?:s(\d+))?")

@@ -38,6 +38,9 @@ KERNEL_BLOCK_N = (32, 64, 128)
 # software pipelining depths the H200 crosscheck ran, and the default
 CROSSCHECKED_STAGES = (2, 3, 4)
 DEFAULT_STAGES = 3
+# the fixes the kernels implement (the others run in the emulator only); here, not in
+# gpu/kernels/, so that the CLI can check arguments without importing triton
+KERNEL_FIXES = ("paper",)
 
 
 @dataclass

@@ -8,12 +8,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..attention import KERNEL_FIXES
+
 # what the launcher needs beyond KERNEL: the stages whose rounding a kernel
 # switches, rne or sr with 16 random bits ({stage: (constexpr, seed argument)};
 # every other stage is fixed to the family's plan), and the fixes it implements
 SR_STAGES = {"P_cast": ("P_SR", "seed_p"), "O_cast": ("O_SR", "seed_o")}
 SR_RAND_BITS = 16
-FIXES = ("paper",)
+FIXES = KERNEL_FIXES
 
 # Lengths, flags and seeds vary per call: specialising on them (== 1, % 16)
 # would recompile for every length; the arithmetic does not depend on it.
