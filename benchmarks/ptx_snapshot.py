@@ -12,6 +12,11 @@ lines, debug sections, the labels only debug info refers to, comments and blank
 lines dropped: they name source lines, which a refactor moves).  Works for the tree before the refactor
 (``gpu.probes.resources``) and after it (``flashbits.gpu.compile``).
 
+Identical here means identical PTX *instructions*.  The dropped debug labels still
+reach ptxas, which can schedule and allocate registers differently around them (at
+848efb4: integer address arithmetic and 184 → 188 registers in fa2 128×64w8, every
+floating-point SASS count unchanged); when the labels moved, rerun the H200 crosscheck.
+
 Variants: both kernels × head dim 64/128 × FIX × P_SR × O_SR × DUMP at the recipe's
 default tile, and every tile the kernels accept (block_m 64/128 × block_n 32/64/128
 × num_warps 4/8 × num_stages 2/3/4) at head dim 128 for (no fix, rne, no dump) and
@@ -81,12 +86,9 @@ def normalize(ptx):
 
 def _compile_helper():
     try:
-        from flashbits.gpu.compile import compile_kernel  # after the refactor
+        from flashbits.gpu.compile import compile_kernel  # after the architecture step
     except ImportError:
-        try:
-            from flashbits.gpu.probes.resources import compile_kernel
-        except ImportError:
-            from gpu.probes.resources import compile_kernel  # before the package rename
+        from gpu.probes.resources import compile_kernel  # before it (3672b4c and earlier)
     return compile_kernel
 
 
