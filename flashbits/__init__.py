@@ -37,15 +37,15 @@ if not _os.path.isdir(_os.path.join(_here, "emulator")) and all(
         _os.path.isfile(_os.path.join(_root, p, "__init__.py")) for p in _PARTS):
     _sys.meta_path.insert(0, _CheckoutFinder())
 
-from .emulator import (FIXES, FORMATS, RECIPES, AttentionResult, Fix, FloatFormat, Recipe,  # noqa: E402
-                       RoundingLedger, RoundMode, flash_attention, from_bits, get_format, get_recipe,
+from .emulator import (FIXES, FORMATS, RECIPES, AttentionResult, BackwardResult, Fix, FloatFormat, Recipe,  # noqa: E402
+                       RoundingLedger, RoundMode, flash_attention, flash_attention_backward, from_bits, get_format, get_recipe,
                        quantize, reference_attention, sfu_exp2, tensor_core_dot, to_bits, bias_stats,
                        signed_error_ulps)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "flash_attention", "reference_attention", "AttentionResult", "RoundingLedger", "Recipe", "RECIPES",
+    "flash_attention", "flash_attention_backward", "BackwardResult", "reference_attention", "AttentionResult", "RoundingLedger", "Recipe", "RECIPES",
     "get_recipe", "Fix", "FIXES", "FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits",
     "from_bits", "tensor_core_dot", "sfu_exp2", "bias_stats", "signed_error_ulps",
 ]

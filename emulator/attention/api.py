@@ -104,10 +104,15 @@ def _check_inputs(q, k, v):
     return q4.astype(np.float32), k4.astype(np.float32), v4.astype(np.float32), squeeze
 
 
-def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
-    plan = np.zeros((len(recipe.stages), len(units.PLAN_COLUMNS)), np.int64)
+def stage_plan(stages: dict, fp64: bool, seed, seed_prefix: str = "") -> np.ndarray:
+    """The int64 plan (stages × units.PLAN_COLUMNS) of a stage table: each stage's target
+    format, rounding mode, random bits, saturation, ``exact`` and ``compensated`` flags,
+    and for sr its Philox key ``stage_seed(seed, seed_prefix + name)`` (the backward's
+    stages use the prefix ``backward.``, so their words never repeat the forward's).
+    ``fp64``: every stage in float64, rne."""
+    plan = np.zeros((len(stages), len(units.PLAN_COLUMNS)), np.int64)
     needs_seed = []
-    for idx, st in enumerate(recipe.stages.values()):
+    for idx, st in enumerate(stages.values()):
         fmt = st.format
         if fp64:
             fmt = "fp64"
@@ -125,7 +130,7 @@ def _plan(recipe: Recipe, fp64: bool, seed) -> np.ndarray:
         if mode == RoundMode.sr:
             needs_seed.append(st.name)
             if seed is not None:
-                plan[idx, units.PLAN_SEED] = np.int64(stage_seed(seed, st.name))
+                plan[idx, units.PLAN_SEED] = np.int64(stage_seed(seed, seed_prefix + st.name))
     if needs_seed and seed is None:
         raise ValueError(f"stages {needs_seed} round stochastically: pass seed=<int> (the Philox key; "
                          "the same seed reproduces the run here and on the GPU)")
@@ -174,7 +179,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (math.isfinite(sc) and sc > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    plan = _plan(rec, fp64, seed)
+    plan = stage_plan(rec.stages, fp64, seed)
     if threads is not None and not (isinstance(threads, (int, np.integer)) and threads >= 1):
         raise ValueError(f"threads must be a positive integer (or None: all cores), got {threads!r}")
     nthreads = threads or numba.config.NUMBA_NUM_THREADS

@@ -52,7 +52,8 @@ from .units import StageContext, decode_as, round_div, round_stage
 
 __all__ = ["Operand", "Operands", "Scalars", "Units", "Tiling", "Outputs", "Job", "Work", "Running",
            "make_row_driver", "make_job", "kernel_args", "n_visited_blocks", "valid_key", "row_operand",
-           "block_operand", "set_p_operand"]
+           "block_operand", "set_p_operand", "set_operand", "unit_tuples", "BackwardOperands", "BackwardScalars",
+           "BackwardOutputs"]
 
 Operand = namedtuple("Operand", "values sig exp spec")
 Operand.__doc__ = """A tensor-core operand: values (float64) and their decoding for the wgmma
@@ -87,6 +88,21 @@ Job.__doc__ = """One emulator call as a family kernel takes it; ``plan``: the st
 Work = namedtuple("Work", "scores probs p_operand acc acc_comp")
 Work.__doc__ = """Per-chunk scratch: a block's scores and probabilities (block_n), P̄ as a
 (1, block_n) tensor-core Operand, the row's accumulator and its compensation (D)."""
+
+BackwardOperands = namedtuple("BackwardOperands", "q k kT vT do")
+BackwardOperands.__doc__ = """The backward's tensor-core operands (rows flattened to BH): q, dO
+(BH, Nq padded to whole query blocks, D), k (BH, Nk padded, D), Kᵀ and Vᵀ (BH, D, Nk
+padded); padding zeros."""
+
+BackwardScalars = namedtuple("BackwardScalars", "qk_scale scale")
+BackwardScalars.__doc__ = """The backward's constants: the forward's score scale (fa2:
+fl32(scale·log2 e); paper: fl32(scale)) and fl32(scale) (fp64 mode: unrounded)."""
+
+BackwardOutputs = namedtuple("BackwardOutputs", "dq dk dv delta ds_cast p ds ledgers record keep causal")
+BackwardOutputs.__doc__ = """Arrays the backward kernels fill: dq (BH, Nq, D), dk, dv (BH, Nk,
+D), delta (BH, Nq); ds_cast (BH, Nq, Nk): dS̃ as the dK/dV pass casts it (read by the dQ
+pass); with ``keep``: p, ds (BH, Nq, Nk), P and dS before their casts (+0 where masked);
+the ledger chunks (n_chunks, stages, ledger.NF), summed in chunk order; ``causal``."""
 
 Running = namedtuple("Running", "m l l_comp")
 Running.__doc__ = """A row's running max, row sum, and the row sum's compensation term."""
@@ -186,14 +202,30 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage):
 
 
 @nb.njit(inline="always", error_model="numpy")
-def make_job(q, kT, v, scalars, units, plan, tiling, outputs):
-    """The Job the row driver reads, built inside a kernel's prange from its flat groups,
-    the units' int64 arrays turned back into the tuples the units take."""
+def set_operand(op, r, c, value, mant, emin):
+    """Element (r, c) of a 2-D tensor-core Operand: ``value`` and its decoding in a format
+    of ``mant`` mantissa bits and minimum exponent ``emin``."""
+    op.values[r, c] = value
+    s, e, sp = decode_as(value, mant, emin)
+    op.sig[r, c] = s
+    op.exp[r, c] = e
+    op.spec[r, c] = sp
+
+
+@nb.njit(inline="always", error_model="numpy")
+def unit_tuples(units):
+    """``units`` with its int64 arrays (what a kernel's prange takes) turned back into the
+    tuples the units take."""
     a, tq, tv, p = units.arith, units.tc_qk, units.tc_pv, units.ex2_params
-    tuple_units = Units(units.hw, (a[0], a[1], a[2], a[3], a[4]), (tq[0], tq[1], tq[2], tq[3]),
-                        (tv[0], tv[1], tv[2], tv[3]), units.p_mant, units.p_emin, units.ex2_pos, units.ex2_neg,
-                        (p[0], p[1] != 0, p[2] != 0, np.uint32(p[3])))
-    return Job(Operands(q, kT, v), scalars, tuple_units, plan, tiling, outputs)
+    return Units(units.hw, (a[0], a[1], a[2], a[3], a[4]), (tq[0], tq[1], tq[2], tq[3]),
+                 (tv[0], tv[1], tv[2], tv[3]), units.p_mant, units.p_emin, units.ex2_pos, units.ex2_neg,
+                 (p[0], p[1] != 0, p[2] != 0, np.uint32(p[3])))
+
+
+@nb.njit(inline="always", error_model="numpy")
+def make_job(q, kT, v, scalars, units, plan, tiling, outputs):
+    """The Job the row driver reads, built inside a kernel's prange from its flat groups."""
+    return Job(Operands(q, kT, v), scalars, unit_tuples(units), plan, tiling, outputs)
 
 
 def kernel_args(job):

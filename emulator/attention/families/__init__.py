@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Family", "KernelScalars", "FAMILIES", "get_family", "DOMAINS", "LOG2E", "LN2"]
+__all__ = ["Family", "Backward", "KernelScalars", "FAMILIES", "get_family", "DOMAINS", "LOG2E", "LN2"]
 
 LOG2E = 1.4426950408889634   # log2 e as a float64 (rounded to fp32 where a kernel uses it)
 LN2 = math.log(2.0)
@@ -68,6 +68,25 @@ class KernelScalars:
 
 
 @dataclass(frozen=True, eq=False)
+class Backward:
+    """A family's backward pass (docs/recipes.md, "The backward pass").
+
+    ``stages``: its stage table (the backward ledger's rows); ``rounding_stages``: the
+    stages the ``rounding=`` shorthand sets; ``run(job)``: fill a
+    ``backward.BackwardJob``'s outputs; ``lse_operand(lse, fp64)``: the per-row
+    constant the kernels subtract before the exp, from the forward's lse in nats
+    (float64), computed the same way on both sides; ``gpu_module``: the module of
+    ``flashbits.gpu.kernels`` with its Triton kernels, or None (emulator only).
+    """
+
+    stages: dict
+    rounding_stages: tuple
+    run: Callable
+    lse_operand: Callable
+    gpu_module: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class Family:
     """Everything the emulator, the GPU side and the crosscheck need to know about
     one recipe family (module docstring)."""
@@ -82,6 +101,7 @@ class Family:
     kernel: Callable
     gpu_module: str
     compared: dict = field(default_factory=lambda: {"production": PRODUCTION_TENSORS, "dump": DUMP_TENSORS})
+    backward: Backward | None = None
 
     def __post_init__(self):
         if self.domain not in DOMAINS:

@@ -16,6 +16,7 @@ import numba as nb
 import numpy as np
 
 from . import Family
+from .fa2_backward import BACKWARD
 from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
@@ -174,4 +175,4 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
 FAMILY = Family(name="fa2", doc="FlashAttention-2 / Triton tutorial: fp32 S, m, l and running output, "
                 "exp2 with the scale folded in, P̄ cast to bf16 for P̄·V",
                 domain="log2", stages=FA2_STAGES, block_m=128, block_n=64, num_warps=8, kernel=kernel,
-                gpu_module="flashbits.gpu.kernels.fa2")
+                gpu_module="flashbits.gpu.kernels.fa2", backward=BACKWARD)
