@@ -67,7 +67,8 @@ class RoundingLedger:
 
     def format_table(self) -> str:
         """A fixed-width text table, one line per active stage."""
-        head = (f"{'stage':<12}{'kind':<12}{'ops':>11}{'inexact':>11}{'ties':>9}{'sticky-ties':>12}"
+        w = max([12] + [len(r["stage"]) + 1 for r in self.rows()])   # the stage column fits every name
+        head = (f"{'stage':<{w}}{'kind':<12}{'ops':>11}{'inexact':>11}{'ties':>9}{'sticky-ties':>12}"
                 f"{'away':>7}{'mean ulp':>12}{'t':>9}")
         lines = [head, "-" * len(head)]
         for r in self.rows():
@@ -75,7 +76,7 @@ class RoundingLedger:
             if r["sticky_ties"]:
                 st += f"({100 * r['sticky_ties_away'] / r['sticky_ties']:.0f}%)"
             away = f"{100 * r['away'] / r['inexact']:.0f}%" if r["inexact"] else "-"
-            lines.append(f"{r['stage']:<12}{r['kind']:<12}{r['ops']:>11}{r['inexact']:>11}{r['ties']:>9}"
+            lines.append(f"{r['stage']:<{w}}{r['kind']:<12}{r['ops']:>11}{r['inexact']:>11}{r['ties']:>9}"
                          f"{st:>12}{away:>7}{r['mean_ulp']:>12.3e}{r['t']:>9.1f}")
         lines.append("sticky-ties: ties decided by sticky bits (in brackets: share rounded away from zero); "
                      "away: share of inexact roundings that grew the magnitude")

@@ -18,6 +18,7 @@ import numba as nb
 import numpy as np
 
 from . import Family
+from .paper_backward import BACKWARD
 from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
@@ -248,4 +249,4 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
 FAMILY = Family(name="paper", doc="the paper's reference: every tensor bf16, block outputs cast to bf16, "
                 "bf16 running output and row sums, natural-log domain",
                 domain="ln", stages=PAPER_STAGES, block_m=64, block_n=64, num_warps=4, kernel=kernel,
-                gpu_module="flashbits.gpu.kernels.paper")
+                gpu_module="flashbits.gpu.kernels.paper", backward=BACKWARD)

@@ -1,0 +1,221 @@
+"""The emulator's backward pass (docs/recipes.md, "The backward pass").
+
+* float64 mode equals torch float64 autograd of exact attention (1e-10 relative), for
+  lengths that are no multiple of any block, Nq != Nk, causal, with and without a fix;
+* the fa2 backward's hardware mode equals, bit for bit, an independent whole-matrix
+  restatement of its op table built from the public units (``tensor_core_dot`` over
+  all query rows or keys in one chain, ``sfu_exp2``, ``quantize``, numpy float32
+  arithmetic): this checks the blocking, the chaining of the accumulators across
+  blocks, the masks and the sr words, which the emulator's numba loops implement;
+* the ledger's operation counts, the seeds, and the errors a user can act on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import flashbits as fb
+from flashbits.emulator import quantize, sfu_exp2, tensor_core_dot
+from flashbits.emulator.attention import stage_seed
+from flashbits.emulator.attention.families import LOG2E
+
+
+def bf16(x):
+    return quantize(np.asarray(x, np.float32), "bf16", "rne")
+
+
+def inputs(rng, B, H, Nq, Nk, D, spread=1.0):
+    q = bf16(rng.standard_normal((B, H, Nq, D)) * spread)
+    k = bf16(rng.standard_normal((B, H, Nk, D)))
+    v = bf16(rng.standard_normal((B, H, Nk, D)))
+    do = bf16(rng.standard_normal((B, H, Nq, D)))
+    return q, k, v, do
+
+
+def torch_grads(q, k, v, do, causal, scale):
+    """float64 autograd of softmax(Q·Kᵀ·scale)·V (top-left causal mask)."""
+    qt, kt, vt = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (q, k, v))
+    s = qt @ kt.transpose(-1, -2) * scale
+    if causal:
+        Nq, Nk = q.shape[-2], k.shape[-2]
+        s = s.masked_fill(torch.ones(Nq, Nk, dtype=torch.bool).triu(1), -math.inf)
+    out = torch.softmax(s, -1) @ vt
+    out.backward(torch.tensor(do, dtype=torch.float64))
+    return qt.grad.numpy(), kt.grad.numpy(), vt.grad.numpy()
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)
+
+
+# ---------------------------------------------------------------------------------------
+# float64 mode against torch autograd
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["fa2"])
+@pytest.mark.parametrize("Nq,Nk,causal", [(1, 1, False), (17, 17, True), (70, 90, False), (130, 70, True),
+                                          (90, 130, True)])
+def test_fp64_equals_torch_autograd(recipe, Nq, Nk, causal):
+    rng = np.random.default_rng(Nq * 1000 + Nk)
+    D = 32
+    q, k, v, do = inputs(rng, 1, 2, Nq, Nk, D)
+    scale = 0.3
+    out, lse = fb.reference_attention(q, k, v, causal=causal, scale=scale)
+    g = fb.flash_attention_backward(q, k, v, out, lse, do, recipe=recipe, causal=causal, scale=scale,
+                                    precision="fp64")
+    for got, want in zip((g.dq, g.dk, g.dv), torch_grads(q, k, v, do, causal, scale)):
+        assert got.dtype == np.float64
+        assert rel_err(got, want) < 1e-10
+    # δ = rowsum(dO ∘ O)
+    assert rel_err(g.delta, (do.astype(np.float64) * out).sum(-1)) < 1e-12
+
+
+@pytest.mark.parametrize("fix", [None, "paper", "offset"])
+def test_fp64_fix_leaves_gradients_unchanged(fix):
+    """The forward's fix changes m only; through the float64 forward's out and lse the
+    gradients stay those of exact attention, tied maxima included."""
+    rng = np.random.default_rng(5)
+    q, k, v, do = inputs(rng, 1, 1, 40, 40, 16)
+    k[..., 3, :] = k[..., 7, :]          # tied maxima in many rows
+    f = fb.flash_attention(q, k, v, fix=fix, causal=True, block_n=16, precision="fp64")
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, fix=fix, causal=True, precision="fp64")
+    for got, want in zip((g.dq, g.dk, g.dv), torch_grads(q, k, v, do, True, 0.25)):
+        assert rel_err(got, want) < 1e-10
+
+
+# ---------------------------------------------------------------------------------------
+# fa2, hardware mode: an independent restatement of the op table
+# ---------------------------------------------------------------------------------------
+def _pad16(x, axis):
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, -(-n // 16) * 16 - n)
+    return np.pad(x, pad)
+
+
+def fa2_backward_by_table(q, k, v, out, lse, do, causal, scale, rounding, seed):
+    """docs/recipes.md's fa2 backward table, one (batch·head) at a time, whole matrices.
+
+    Each gradient is ONE tensor-core chain over all query rows (dV, dK) or all keys (dQ),
+    zero-padded to a multiple of 16: the emulator runs it block by block with the
+    accumulator carried over, so equality here is its chaining claim.  fp32 roundings of
+    exact float64 values: S·c − lse2 in float64 is exact unless it needs more than 53
+    bits (|x| is then far below a float32 rounding boundary: never met by these inputs).
+    """
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    c = np.float32(scale * LOG2E)
+    s32 = np.float32(scale)
+    lse2 = (np.asarray(lse, np.float64) * LOG2E).astype(np.float32)
+    sr = rounding == "sr"
+    dq, dk, dv = np.zeros(q.shape, np.float32), np.zeros(k.shape, np.float32), np.zeros(v.shape, np.float32)
+    delta = np.zeros(q.shape[:3], np.float32)
+    valid = np.ones((Nq, Nk), bool)
+    if causal:
+        valid = np.arange(Nk)[None, :] <= np.arange(Nq)[:, None]
+
+    def cast(x, stage, offset):
+        if not sr:
+            return quantize(x, "bf16", "rne")
+        return quantize(x, "bf16", "sr", seed=stage_seed(seed, "backward." + stage), rand_bits=16, offset=offset)
+
+    for b in range(B):
+        for h in range(H):
+            bh = b * H + h
+            o64, do64 = out[b, h].astype(np.float64), do[b, h].astype(np.float64)
+            dl = np.zeros(Nq, np.float32)
+            for d in range(D):       # the fma chain: o·dO (16 bits) + δ, exact in float64 here
+                dl = (o64[:, d] * do64[:, d] + dl).astype(np.float32)
+            delta[b, h] = dl
+            S = tensor_core_dot(q[b, h], k[b, h].T)
+            x = (S.astype(np.float64) * np.float64(c) - lse2[b, h][:, None]).astype(np.float32)
+            P = np.where(valid, sfu_exp2(x, ftz=True), np.float32(0))
+            Pc = cast(np.ascontiguousarray(P), "P_cast", bh * Nq * Nk)
+            dP = tensor_core_dot(do[b, h], v[b, h].T)
+            u = dP - dl[:, None]
+            dS = np.where(valid, P * u, np.float32(0)).astype(np.float32)
+            dSc = cast(np.ascontiguousarray(dS), "dS_cast", bh * Nq * Nk)
+            acc_dv = tensor_core_dot(_pad16(Pc.T, 1), _pad16(do[b, h], 0))
+            acc_dk = tensor_core_dot(_pad16(dSc.T, 1), _pad16(q[b, h], 0))
+            acc_dq = tensor_core_dot(_pad16(dSc, 1), _pad16(k[b, h], 0))
+            dk[b, h] = cast(np.ascontiguousarray(acc_dk * s32), "dK_cast", bh * Nk * D)
+            dv[b, h] = cast(np.ascontiguousarray(acc_dv), "dV_cast", bh * Nk * D)
+            dq[b, h] = cast(np.ascontiguousarray(acc_dq * s32), "dQ_cast", bh * Nq * D)
+    return dq, dk, dv, delta
+
+
+def same_bits(a, b):
+    a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    return a32.shape == b32.shape and np.array_equal(a32.view(np.uint32), b32.view(np.uint32))
+
+
+@pytest.mark.parametrize("Nq,Nk,causal,rounding", [(70, 70, False, "rne"), (80, 47, True, "rne"),
+                                                   (33, 150, True, "sr"), (129, 64, False, "sr")])
+def test_fa2_hw_equals_its_op_table(Nq, Nk, causal, rounding):
+    rng = np.random.default_rng(Nq + 7 * Nk)
+    D = 64
+    q, k, v, do = inputs(rng, 1, 2, Nq, Nk, D, spread=2.0)
+    seed = 1234 if rounding == "sr" else None
+    f = fb.flash_attention(q, k, v, causal=causal)
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, causal=causal, rounding=rounding, seed=seed,
+                                    dump=True)
+    want = fa2_backward_by_table(q, k, v, f.out, f.lse, do, causal, 1 / 8, rounding, seed)
+    for name, got, w in zip(("dq", "dk", "dv", "delta"), (g.dq, g.dk, g.dv, g.delta), want):
+        assert same_bits(got, w), f"{name}: {int((np.asarray(got, np.float32).view(np.uint32) != w.view(np.uint32)).sum())} elements differ"
+    # and it is a gradient: bf16-level agreement with float64 autograd
+    for got, w in zip((g.dq, g.dk, g.dv), torch_grads(q, k, v, do, causal, 1 / 8)):
+        assert rel_err(got, w) < 3e-2
+
+
+def test_fa2_dump_and_ledger_counts():
+    rng = np.random.default_rng(3)
+    Nq, Nk, D = 50, 37, 16
+    q, k, v, do = inputs(rng, 1, 1, Nq, Nk, D)
+    f = fb.flash_attention(q, k, v, causal=True)
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, causal=True, record=True)
+    valid = np.arange(Nk)[None, :] <= np.arange(Nq)[:, None]
+    n_valid = int(valid.sum())
+    L = g.ledger
+    for stage in ("S", "x", "P", "P_cast", "dP", "dP_sub", "dS", "dS_cast"):
+        assert L[stage]["ops"] == n_valid, stage
+    assert L["delta"]["ops"] == Nq * D
+    assert L["dQ_cast"]["ops"] == Nq * D and L["dK_cast"]["ops"] == Nk * D and L["dV_cast"]["ops"] == Nk * D
+    p, ds = g.p[0, 0], g.ds[0, 0]
+    assert (p[~valid] == 0).all() and (ds[~valid] == 0).all()
+    # P is the normalised softmax: each row sums to 1 within the exp2 unit's and fp32's error
+    assert np.abs(p.sum(-1) - 1).max() < 1e-4
+
+
+def test_sr_seeds_are_the_backwards_own():
+    rng = np.random.default_rng(4)
+    q, k, v, do = inputs(rng, 1, 1, 40, 40, 16)
+    f = fb.flash_attention(q, k, v)
+    a = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, rounding="sr", seed=7)
+    b = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, rounding="sr", seed=7)
+    c = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, rounding="sr", seed=8)
+    assert same_bits(a.dq, b.dq) and same_bits(a.dk, b.dk) and same_bits(a.dv, b.dv)
+    assert not same_bits(a.dq, c.dq)
+    assert stage_seed(7, "backward.P_cast") != stage_seed(7, "P_cast")
+
+
+def test_backward_errors():
+    rng = np.random.default_rng(1)
+    q, k, v, do = inputs(rng, 1, 1, 8, 8, 16)
+    f = fb.flash_attention(q, k, v)
+    with pytest.raises(ValueError, match="shape of q"):
+        fb.flash_attention_backward(q, k, v, f.out[..., :4, :], f.lse, do)
+    with pytest.raises(ValueError, match="not representable in bf16"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse, do + np.float32(1e-3))
+    with pytest.raises(ValueError, match="lse must have the shape"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse[..., :3], do)
+    with pytest.raises(ValueError, match="seed"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse, do, rounding="sr")
+    with pytest.raises(ValueError, match="precision"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse, do, precision="fp32")
+    with pytest.raises(ValueError, match="unknown recipe"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse, do, recipe="fa3")
+    with pytest.raises(ValueError, match="unknown fix"):
+        fb.flash_attention_backward(q, k, v, f.out, f.lse, do, fix="mine")
