@@ -396,6 +396,9 @@ def build_parser():
         pass
     else:
         add_bias_parser(sub)
+        from flashbits.crosscheck.grad_bias import add_grad_bias_parser
+
+        add_grad_bias_parser(sub)
     return ap
 
 

@@ -55,7 +55,7 @@ def rel_err(a, b):
 # ---------------------------------------------------------------------------------------
 # float64 mode against torch autograd
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("recipe", ["fa2"])
+@pytest.mark.parametrize("recipe", ["fa2", "paper"])
 @pytest.mark.parametrize("Nq,Nk,causal", [(1, 1, False), (17, 17, True), (70, 90, False), (130, 70, True),
                                           (90, 130, True)])
 def test_fp64_equals_torch_autograd(recipe, Nq, Nk, causal):
@@ -73,15 +73,17 @@ def test_fp64_equals_torch_autograd(recipe, Nq, Nk, causal):
     assert rel_err(g.delta, (do.astype(np.float64) * out).sum(-1)) < 1e-12
 
 
+@pytest.mark.parametrize("recipe", ["fa2", "paper"])
 @pytest.mark.parametrize("fix", [None, "paper", "offset"])
-def test_fp64_fix_leaves_gradients_unchanged(fix):
+def test_fp64_fix_leaves_gradients_unchanged(recipe, fix):
     """The forward's fix changes m only; through the float64 forward's out and lse the
     gradients stay those of exact attention, tied maxima included."""
     rng = np.random.default_rng(5)
     q, k, v, do = inputs(rng, 1, 1, 40, 40, 16)
     k[..., 3, :] = k[..., 7, :]          # tied maxima in many rows
-    f = fb.flash_attention(q, k, v, fix=fix, causal=True, block_n=16, precision="fp64")
-    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, fix=fix, causal=True, precision="fp64")
+    f = fb.flash_attention(q, k, v, recipe=recipe, fix=fix, causal=True, block_n=16, precision="fp64")
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, recipe=recipe, fix=fix, causal=True,
+                                    precision="fp64")
     for got, want in zip((g.dq, g.dk, g.dv), torch_grads(q, k, v, do, True, 0.25)):
         assert rel_err(got, want) < 1e-10
 
@@ -170,6 +172,66 @@ def test_fa2_hw_equals_its_op_table(Nq, Nk, causal, rounding):
         assert rel_err(got, w) < 3e-2
 
 
+# ---------------------------------------------------------------------------------------
+# paper, hardware mode: the paper's loops restated block by block
+# ---------------------------------------------------------------------------------------
+def paper_backward_by_table(q, k, v, out, lse, do, causal, scale, block_m, block_n):
+    """docs/recipes.md's paper backward table as the paper's loops run it: query blocks
+    outside, key blocks inside, every block; bf16(fl32(a op b)) by numpy float32
+    arithmetic and quantize, each einsum one tensor_core_dot from +0, cast."""
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    s32 = np.float32(scale)
+    l2e = np.float32(LOG2E)
+    lse_b = bf16(np.asarray(lse, np.float64))
+    dq, dk, dv = np.zeros(q.shape, np.float32), np.zeros(k.shape, np.float32), np.zeros(v.shape, np.float32)
+    delta = np.zeros(q.shape[:3], np.float32)
+    for b in range(B):
+        for h in range(H):
+            t = bf16(do[b, h] * out[b, h])
+            acc = np.zeros(Nq, np.float32)
+            for d in range(D):
+                acc = (acc + t[:, d]).astype(np.float32)
+            dl = bf16(acc)
+            delta[b, h] = dl
+            for i0 in range(0, Nq, block_m):
+                i1 = min(Nq, i0 + block_m)
+                for j0 in range(0, Nk, block_n):
+                    j1 = min(Nk, j0 + block_n)
+                    s = bf16(bf16(tensor_core_dot(q[b, h, i0:i1], k[b, h, j0:j1].T)) * s32)
+                    if causal:
+                        s = np.where(np.arange(j0, j1)[None, :] > np.arange(i0, i1)[:, None], -np.inf, s)
+                    x = bf16(s - lse_b[b, h, i0:i1, None])
+                    with np.errstate(invalid="ignore"):
+                        p = bf16(sfu_exp2((x * l2e).astype(np.float32)))
+                    dvb = bf16(tensor_core_dot(_pad16(p.T, 1), _pad16(do[b, h, i0:i1], 0)))
+                    dp = bf16(tensor_core_dot(do[b, h, i0:i1], v[b, h, j0:j1].T))
+                    ds = bf16(bf16(p * s32) * bf16(dp - dl[i0:i1, None]))
+                    dqb = bf16(tensor_core_dot(_pad16(ds, 1), _pad16(k[b, h, j0:j1], 0)))
+                    dkb = bf16(tensor_core_dot(_pad16(ds.T, 1), _pad16(q[b, h, i0:i1], 0)))
+                    dq[b, h, i0:i1] = bf16(dq[b, h, i0:i1] + dqb)
+                    dk[b, h, j0:j1] = bf16(dk[b, h, j0:j1] + dkb)
+                    dv[b, h, j0:j1] = bf16(dv[b, h, j0:j1] + dvb)
+    return dq, dk, dv, delta
+
+
+@pytest.mark.parametrize("Nq,Nk,causal,tiles", [(70, 70, False, (64, 64)), (80, 47, True, (32, 16)),
+                                                (33, 100, True, (16, 64))])
+def test_paper_hw_equals_its_op_table(Nq, Nk, causal, tiles):
+    rng = np.random.default_rng(Nq + 3 * Nk)
+    D = 32
+    q, k, v, do = inputs(rng, 1, 2, Nq, Nk, D, spread=2.0)
+    rec = fb.get_recipe("paper").configured(block_m=tiles[0], block_n=tiles[1])
+    f = fb.flash_attention(q, k, v, recipe=rec, causal=causal)
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, recipe=rec, causal=causal)
+    want = paper_backward_by_table(q, k, v, f.out, f.lse, do, causal, D ** -0.5, *tiles)
+    for name, got, w in zip(("dq", "dk", "dv", "delta"), (g.dq, g.dk, g.dv, g.delta), want):
+        n_diff = int((np.asarray(got, np.float32).view(np.uint32) != w.view(np.uint32)).sum())
+        assert same_bits(got, w), f"{name}: {n_diff} elements differ"
+    for got, w in zip((g.dq, g.dk, g.dv), torch_grads(q, k, v, do, causal, D ** -0.5)):
+        assert rel_err(got, w) < 6e-2
+
+
 def test_fa2_dump_and_ledger_counts():
     rng = np.random.default_rng(3)
     Nq, Nk, D = 50, 37, 16
@@ -219,3 +281,18 @@ def test_backward_errors():
         fb.flash_attention_backward(q, k, v, f.out, f.lse, do, recipe="fa3")
     with pytest.raises(ValueError, match="unknown fix"):
         fb.flash_attention_backward(q, k, v, f.out, f.lse, do, fix="mine")
+
+
+def test_grad_bias_cell_decomposes_delta(tmp_path):
+    """The study's δ split is exact: mean δ error = mean of the part O carries + δ's own."""
+    from flashbits.crosscheck.grad_bias import reference_gradients, run_cell, upstream_gradient
+    from flashbits.crosscheck.regimes import regime_inputs
+
+    q, k, v = regime_inputs("ties-12", rows=128)
+    do = upstream_gradient("pos", q.shape)
+    c = run_cell(q, k, v, do, reference_gradients(q, k, v, do), "paper", "none", "rne")
+    assert c["delta"]["n"] == 128
+    assert math.isclose(c["delta"]["mean_ulp"], c["delta_from_O"]["mean_ulp"] + c["delta_own"]["mean_ulp"],
+                        rel_tol=1e-9, abs_tol=1e-12)
+    # a tied regime with one-signed dO: O's bias reaches δ with O's sign
+    assert c["O"]["t"] < -3 and c["delta_from_O"]["t"] < -3
