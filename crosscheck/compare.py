@@ -16,7 +16,11 @@ import numpy as np
 # are compared, and in which order, is the recipe's (Recipe.compared_tensors)
 STAGE_OF = {"m_blocks": "m_scale / fix / max (per block)", "l_blocks": "l (per block)",
             "acc": "PV (accumulator before the division)", "m": "m (final)", "l": "l (final)",
-            "out": "O_cast (output)"}
+            "out": "O_cast (output)",
+            # the backward (docs/recipes.md, "The backward pass")
+            "delta": "delta (δ = rowsum(O ∘ dO))", "p": "S, x, P (P recomputed from lse)",
+            "ds": "dP, dP_sub, dS (before its cast)", "dv": "dV chain, dV_cast", "dk": "dK chain, dK_scale, dK_cast",
+            "dq": "dQ chain, dQ_scale, dQ_cast"}
 
 
 def is_nan_bits(bits: np.ndarray) -> np.ndarray:

@@ -43,6 +43,8 @@ DOMAINS = ("log2", "ln")
 # mismatch is located (earliest stage first)
 PRODUCTION_TENSORS = ("m", "l", "out")
 DUMP_TENSORS = ("m_blocks", "l_blocks", "acc", "m", "l", "out")
+BACKWARD_PRODUCTION_TENSORS = ("delta", "dv", "dk", "dq")
+BACKWARD_DUMP_TENSORS = ("delta", "p", "ds", "dv", "dk", "dq")
 
 
 def _fl32(x: float) -> float:
@@ -76,7 +78,8 @@ class Backward:
     ``backward.BackwardJob``'s outputs; ``lse_operand(lse, fp64)``: the per-row
     constant the kernels subtract before the exp, from the forward's lse in nats
     (float64), computed the same way on both sides; ``gpu_module``: the module of
-    ``flashbits.gpu.kernels`` with its Triton kernels, or None (emulator only).
+    ``flashbits.gpu.kernels`` with its Triton kernels, or None (emulator only);
+    ``compared``: the tensors the crosscheck compares per launch kind, earliest stage first.
     """
 
     stages: dict
@@ -84,6 +87,8 @@ class Backward:
     run: Callable
     lse_operand: Callable
     gpu_module: str | None = None
+    compared: dict = field(default_factory=lambda: {"production": BACKWARD_PRODUCTION_TENSORS,
+                                                    "dump": BACKWARD_DUMP_TENSORS})
 
 
 @dataclass(frozen=True, eq=False)

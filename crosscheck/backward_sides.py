@@ -1,0 +1,85 @@
+"""The backward crosscheck's two sides: one case's gradients as raw bits from the emulator
+(CPU) and from the kernels (GPU), on the same forward outputs.
+
+Both backward sides read the same ``out`` and ``lse``: the emulator's forward of the
+case (bit-identical to the GPU forward, tests/data/hw/crosscheck/), so a mismatch is
+the backward's own.  The upstream gradient dO is N(0, 1) in bf16, seeded by the case.
+The compared tensors are the family's (``Family.backward.compared``): δ, dV, dK, dQ,
+and with the dump launch P and dS before their casts, earliest stage first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flashbits.emulator import flash_attention, flash_attention_backward, quantize, to_bits
+from flashbits.emulator.attention.recipes import get_recipe
+
+from .compare import compare_sides
+from .sides import Config, _f32bits, _launch
+
+# 16-bit tensors (the gradients, in their cast's format); every other tensor is fp32
+GRADIENTS = ("dq", "dk", "dv")
+
+
+def compared(cfg: Config, launch: str) -> tuple:
+    """The backward tensors the crosscheck compares for ``launch``, in mismatch-locating order."""
+    bwd = get_recipe(cfg.recipe).spec.backward
+    if bwd is None:
+        raise ValueError(f"recipe {cfg.recipe!r} has no backward pass")
+    if launch not in bwd.compared:
+        raise ValueError(f"unknown launch kind {launch!r}; accepted: {', '.join(bwd.compared)}")
+    return tuple(bwd.compared[launch])
+
+
+def upstream_gradient(shape, seed: int) -> np.ndarray:
+    """dO of a case: N(0, 1) rounded to bf16, from the case's seed."""
+    return quantize(np.random.default_rng([seed, 0xD0]).standard_normal(shape), "bf16", "rne")
+
+
+def backward_kwargs(cfg: Config) -> dict:
+    kw = {"recipe": cfg.recipe, "rounding": cfg.rounding, "seed": cfg.seed if cfg.rounding == "sr" else None}
+    if cfg.fix:
+        kw["fix"] = cfg.fix
+    return kw
+
+
+def forward_inputs(q, k, v, causal: bool, cfg: Config, seed: int):
+    """(out, lse, dO) the two backward sides share: the emulator's forward of the case."""
+    f = flash_attention(q, k, v, causal=causal, **cfg.kwargs())
+    return f.out, f.lse, upstream_gradient(q.shape, seed)
+
+
+def emulator_backward_side(q, k, v, out, lse, do, causal: bool, cfg: Config, dump: bool = True) -> dict:
+    """The compared backward tensors of an emulator run, as raw bits."""
+    g = flash_attention_backward(q, k, v, out, lse, do, causal=causal, dump=dump, **backward_kwargs(cfg))
+    # the backward takes no format overrides: its gradients are bf16
+    return {name: to_bits(getattr(g, name), "bf16") if name in GRADIENTS else _f32bits(getattr(g, name))
+            for name in compared(cfg, _launch(dump))}
+
+
+def gpu_backward_side(q, k, v, out, lse, do, causal: bool, cfg: Config, dump: bool) -> dict:
+    """The same tensors of the backward kernels' launch, as raw bits of the dtype they wrote."""
+    import torch
+
+    from flashbits.gpu.backward import flash_attention_backward as gpu_backward
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
+    t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v, out, do)]
+    r = gpu_backward(t[0], t[1], t[2], t[3], torch.from_numpy(np.asarray(lse, np.float64)).to(dev), t[4],
+                     causal=causal, dump=dump, **backward_kwargs(cfg))
+    views = {2: (torch.int16, np.uint16), 4: (torch.int32, np.uint32)}
+
+    def bits(x):
+        as_int, as_uint = views[x.element_size()]
+        return x.contiguous().view(as_int).cpu().numpy().view(as_uint)
+
+    return {name: bits(getattr(r, name)) for name in compared(cfg, _launch(dump))}
+
+
+def crosscheck_backward_case(q, k, v, causal: bool, cfg: Config, seed: int, dump: bool) -> dict:
+    """compare_sides of one case's backward on both sides (crosscheck.compare)."""
+    out, lse, do = forward_inputs(q, k, v, causal, cfg, seed)
+    emu = emulator_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
+    gpu = gpu_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
+    return compare_sides(emu, gpu, compared(cfg, _launch(dump)))
