@@ -1,9 +1,10 @@
 """The backward crosscheck's two sides: one case's gradients as raw bits from the emulator
 (CPU) and from the kernels (GPU), on the same forward outputs.
 
-Both backward sides read the same ``out`` and ``lse``: the emulator's forward of the
-case (bit-identical to the GPU forward, tests/data/hw/crosscheck/), so a mismatch is
-the backward's own.  The upstream gradient dO is N(0, 1) in bf16, seeded by the case.
+Both backward sides read the same ``out`` and ``lse`` (the runner: the GPU forward's,
+carried to the emulator side; :func:`crosscheck_backward_case`: the emulator's, which
+the H200 showed bit-identical, tests/data/hw/crosscheck/), so a mismatch is the
+backward's own.  The upstream gradient dO is N(0, 1) in bf16, seeded by the case.
 The compared tensors are the family's (``Family.backward.compared``): δ, dV, dK, dQ,
 and with the dump launch P and dS before their casts, earliest stage first.
 """
@@ -83,3 +84,38 @@ def crosscheck_backward_case(q, k, v, causal: bool, cfg: Config, seed: int, dump
     emu = emulator_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
     gpu = gpu_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
     return compare_sides(emu, gpu, compared(cfg, _launch(dump)))
+
+
+def gpu_forward_inputs(q, k, v, causal: bool, cfg: Config, seed: int):
+    """(out, lse, dO) from the GPU forward (numpy; out as float32 bf16 values, lse float64
+    from the kernel's float32): what both backward sides read in a large crosscheck."""
+    import torch
+
+    from flashbits.gpu import flash_attention as gpu_flash_attention
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
+    t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]
+    r = gpu_flash_attention(*t, causal=causal, **cfg.kwargs("gpu"))
+    return (r.out.float().cpu().numpy(), r.lse.double().cpu().numpy(), upstream_gradient(q.shape, seed))
+
+
+def _gpu_pass(case, q, k, v, cfg, dump_launch):
+    """The runner's GPU side of the backward: the case's GPU forward and dO, then the
+    backward kernels; the carry takes the same forward to the emulator side."""
+    carry = gpu_forward_inputs(q, k, v, case.causal, cfg, case.seed)
+    prod = gpu_backward_side(q, k, v, *carry, case.causal, cfg, dump=False)
+    dump = gpu_backward_side(q, k, v, *carry, case.causal, cfg, dump=True) if dump_launch else None
+    return prod, dump, carry
+
+
+def _emulate_pass(case, q, k, v, cfg, carry):
+    return emulator_backward_side(q, k, v, *carry, case.causal, cfg, dump=True)
+
+
+def _make_pass():
+    from .runner import Pass
+
+    return Pass("backward", _gpu_pass, _emulate_pass, compared)
+
+
+BACKWARD = _make_pass()
