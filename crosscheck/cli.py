@@ -242,6 +242,13 @@ def cmd_crosscheck(args):
     from flashbits.emulator import RECIPES
 
     recipes = _csv_choice(args.recipes, tuple(RECIPES), "recipes")
+    pass_name = "backward" if args.backward else "forward"
+    if args.backward:
+        no_kernels = [r for r in recipes if (RECIPES[r].spec.backward is None
+                                             or RECIPES[r].spec.backward.gpu_module is None)]
+        if no_kernels:
+            raise ValueError(f"--backward: recipes {no_kernels} have no backward kernels (their backward runs in "
+                             "the emulator only: flashbits.flash_attention_backward); pass --recipes fa2")
     fixes = _csv_choice(args.fixes, ("none",) + tuple(f for f in KERNEL_FIXES if f), "fixes")
     roundings = _csv_choice(args.roundings, KERNEL_ROUNDINGS, "roundings")
     if not _has_cuda():
@@ -259,15 +266,17 @@ def cmd_crosscheck(args):
     configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed, **t)
                for r in recipes for t in tiles for f in fixes for rd in roundings]
     prov = provenance()
-    report = {"provenance": prov, "configs": [], "cases_total": 0, "elements": 0, "mismatches": 0}
+    report = {"provenance": prov, "pass": pass_name, "configs": [], "cases_total": 0, "elements": 0,
+              "mismatches": 0}
     entries = []
     keep = set(range(min(args.record_cases, len(cases)))) if args.record else None
     for cfg in configs:
-        s = crosscheck_config(cases, cfg, dump_launch=not args.no_dump, workers=args.workers, keep=keep)
+        s = crosscheck_config(cases, cfg, dump_launch=not args.no_dump, workers=args.workers, keep=keep,
+                              pass_name=pass_name)
         kept = s.pop("_kept", {})
         for idx, kk in sorted(kept.items()):
             entries.append({"case": kk["case"], "cfg": cfg, "q": kk["q"], "k": kk["k"], "v": kk["v"],
-                            "prod": kk["prod"], "dump": kk["dump"]})
+                            "prod": kk["prod"], "dump": kk["dump"], "carry": kk["carry"], "pass": pass_name})
         report["configs"].append(s)
         for launch in ("production", "dump"):
             if launch in s:
@@ -285,7 +294,7 @@ def _write(args, report, entries, prov):
 
     if args.record:
         os.makedirs(args.record, exist_ok=True)
-        path = os.path.join(args.record, "attention_golden.npz")
+        path = os.path.join(args.record, "backward_golden.npz" if args.backward else "attention_golden.npz")
         save_record(path, entries, prov)
         report["record"] = path
     if args.out:
@@ -318,6 +327,10 @@ def _add_crosscheck_args(p):
     p.add_argument("--seed", type=int, default=0, help="case generator seed and Philox key (default 0)")
     p.add_argument("--workers", type=positive_int, help="emulator processes (default: all cores)")
     p.add_argument("--no-dump", action="store_true", help="only the production launch (no intermediates)")
+    p.add_argument("--backward", action="store_true",
+                   help="crosscheck the backward kernels instead (δ, dV, dK, dQ; the dump launch also P and dS), "
+                        "both sides on the GPU forward's out and lse and a seeded dO; recipes with backward "
+                        "kernels: fa2")
     p.add_argument("--out", metavar="DIR", help="directory for crosscheck.json and crosscheck.md "
                                                 "(with --replay: replay.json and replay.md)")
     p.add_argument("--record", metavar="DIR", help="save a golden record (inputs + GPU bits) into DIR")

@@ -19,7 +19,7 @@ from flashbits.emulator import from_bits, to_bits
 from .cases import Case
 from .compare import compare_sides
 from .progress import progress
-from .sides import Config, emulator_side
+from .sides import Config
 
 
 # Where golden records are looked for after the current directory: an installed wheel
@@ -61,13 +61,21 @@ def find_record(name: str) -> str:
 
 
 def save_record(path: str, entries: list[dict], provenance: dict) -> None:
-    """entries: dicts with case (Case), cfg (Config), q, k, v (bf16 values), prod, dump (sides)."""
+    """entries: dicts with case (Case), cfg (Config), q, k, v (bf16 values), prod, dump (sides);
+    a backward entry also ``pass`` = "backward" and ``carry`` = (out, lse, dO), the forward
+    both of its sides read (out, dO bf16 values; lse float64)."""
     arrays = {"provenance": np.array(json.dumps(provenance)), "n": np.int64(len(entries))}
     for i, e in enumerate(entries):
         arrays[f"e{i}_case"] = np.array(json.dumps(e["case"].to_dict()))
         arrays[f"e{i}_config"] = np.array(json.dumps(e["cfg"].to_dict()))
         for t in ("q", "k", "v"):
             arrays[f"e{i}_{t}"] = to_bits(e[t], "bf16")
+        if e.get("pass", "forward") == "backward":
+            out, lse, do = e["carry"]
+            arrays[f"e{i}_pass"] = np.array("backward")
+            arrays[f"e{i}_carry_out"] = to_bits(out, "bf16")
+            arrays[f"e{i}_carry_lse"] = np.asarray(lse, np.float64)
+            arrays[f"e{i}_carry_do"] = to_bits(do, "bf16")
         for launch in ("prod", "dump"):
             for name, bits in (e.get(launch) or {}).items():
                 arrays[f"e{i}_{launch}_{name}"] = bits
@@ -107,6 +115,10 @@ def load_record(path: str):
         ent = {"case": case, "cfg": cfg}
         for t in ("q", "k", "v"):
             ent[t] = from_bits(z[f"e{i}_{t}"], "bf16")
+        ent["pass"] = str(z[f"e{i}_pass"]) if f"e{i}_pass" in z.files else "forward"
+        if ent["pass"] == "backward":
+            ent["carry"] = (from_bits(z[f"e{i}_carry_out"], "bf16"), z[f"e{i}_carry_lse"],
+                            from_bits(z[f"e{i}_carry_do"], "bf16"))
         for launch in ("prod", "dump"):
             pre = f"e{i}_{launch}_"
             side = {key[len(pre):]: z[key] for key in z.files if key.startswith(pre)}
@@ -120,13 +132,16 @@ def replay_record(path: str, log=print) -> dict:
     entries, prov = load_record(path)
     res = {"record": path, "provenance": prov, "entries": len(entries), "elements": 0, "mismatches": 0,
            "failures": []}
+    from .runner import passes
+
     for e in progress(entries, total=len(entries), desc="replay"):
-        emu = emulator_side(e["q"], e["k"], e["v"], e["case"].causal, e["cfg"], dump=True)
+        run = passes()[e["pass"]]
+        emu = run.emulate(e["case"], e["q"], e["k"], e["v"], e["cfg"], e.get("carry"))
         for launch in ("prod", "dump"):
             if e[launch] is None:
                 continue
-            # the recipe's tensors of this launch, those the record holds
-            wanted = e["cfg"].compared("production" if launch == "prod" else "dump")
+            # the pass's tensors of this launch, those the record holds
+            wanted = run.compared(e["cfg"], "production" if launch == "prod" else "dump")
             r = compare_sides(emu, e[launch], tuple(t for t in wanted if t in e[launch]))
             res["elements"] += r["elements"]
             res["mismatches"] += r["mismatches"]

@@ -296,3 +296,35 @@ def test_grad_bias_cell_decomposes_delta(tmp_path):
                         rel_tol=1e-9, abs_tol=1e-12)
     # a tied regime with one-signed dO: O's bias reaches δ with O's sign
     assert c["O"]["t"] < -3 and c["delta_from_O"]["t"] < -3
+
+
+def test_backward_record_round_trip_locates_a_planted_mismatch(tmp_path):
+    """A backward golden record keeps the forward both sides read (out, lse, dO); its
+    replay recomputes the emulator side and compares every bit.  Here the "GPU" bits are
+    the emulator's own (the plumbing under test, not a hardware claim), one of them
+    flipped: the replay must find exactly that element."""
+    from flashbits.crosscheck.backward_sides import compared, emulator_backward_side, forward_inputs
+    from flashbits.crosscheck.cases import generate, suite
+    from flashbits.crosscheck.record import replay_record, save_record
+    from flashbits.crosscheck.sides import Config
+
+    case = suite(3, seed=2, max_len=90)[1]
+    q, k, v = generate(case)
+    cfg = Config(recipe="fa2", rounding="sr", seed=5)
+    carry = forward_inputs(q, k, v, case.causal, cfg, case.seed)
+    dump = emulator_backward_side(q, k, v, *carry, case.causal, cfg, dump=True)
+    prod = {n: dump[n] for n in compared(cfg, "production")}
+    entry = {"case": case, "cfg": cfg, "q": q, "k": k, "v": v, "prod": prod, "dump": dict(dump),
+             "carry": carry, "pass": "backward"}
+    path = str(tmp_path / "backward_golden.npz")
+    save_record(path, [entry], {"note": "test"})
+    res = replay_record(path, log=lambda *_: None)
+    assert res["mismatches"] == 0 and res["elements"] > 0
+    bad = dict(dump)
+    bad["dk"] = dump["dk"].copy()
+    bad["dk"].flat[7] ^= 1
+    entry["dump"] = bad
+    save_record(path, [entry], {"note": "test"})
+    res = replay_record(path, log=lambda *_: None)
+    assert res["mismatches"] == 1
+    assert res["failures"][0]["tensor"] == "dk" and res["failures"][0]["launch"] == "dump"
