@@ -33,8 +33,11 @@ class AttentionResult:
 
     out : output values (float32 array holding values of the output format),
           shape of q.
-    lse : log-sum-exp per row in nats (float64), from the final m and l:
-          fa2: m·ln 2 + ln l (m is in the log2 domain); paper: m + ln l.
+    lse : log-sum-exp per row in nats (float64 array), from the final m and l:
+          fa2: m·ln 2 + ln l (m is in the log2 domain), in float64; paper:
+          bf16(fl32(bf16(fl32(ln l)) + m)), a bf16 value, as the paper's code
+          computes it on bf16 tensors (fl32(ln l) a correctly rounded logf; CUDA's
+          is within 1 ulp); with ``precision="fp64"``: m + ln l.
     m, l : the final running max and row sum per row, as the kernel keeps them.
     ledger : the :class:`RoundingLedger` (``record=True``), else None.
     m_blocks, l_blocks : m and l after each visited key block, (..., rows,
@@ -188,7 +191,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     finally:
         numba.set_num_threads(prev)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = rec.lse(job.outputs.m, job.outputs.l)
+        lse = rec.lse(job.outputs.m, job.outputs.l, fp64=fp64)
     return _shape_result(job, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
                          {"scale": sc, "causal": bool(causal), "precision": precision})
 

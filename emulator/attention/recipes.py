@@ -111,9 +111,11 @@ class Recipe:
         """The fp32 kernel constants (families.KernelScalars) for ``scale`` and ``fix``."""
         return self.spec.scalars(scale, fix, fp64)
 
-    def lse(self, m, l, log=None):
-        """log-sum-exp in nats from the final m and l (``log``: np.log or torch.log)."""
-        return self.spec.lse(m, l) if log is None else self.spec.lse(m, l, log)
+    def lse(self, m, l, log=None, fp64: bool = False):
+        """log-sum-exp in nats from the final m and l (``log``: np.log or torch.log; numpy or
+        torch inputs): fa2 m·ln 2 + ln l, paper bf16(fl32(bf16(fl32(ln l)) + m)) as the
+        paper's code computes it (float64 m + ln l with ``fp64``; families.Family.lse)."""
+        return self.spec.lse(m, l, fp64=fp64) if log is None else self.spec.lse(m, l, log, fp64)
 
     @property
     def compared_tensors(self) -> dict:

@@ -248,4 +248,4 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
 FAMILY = Family(name="paper", doc="the paper's reference: every tensor bf16, block outputs cast to bf16, "
                 "bf16 running output and row sums, natural-log domain",
                 domain="ln", stages=PAPER_STAGES, block_m=64, block_n=64, num_warps=4, kernel=kernel,
-                gpu_module="flashbits.gpu.kernels.paper")
+                gpu_module="flashbits.gpu.kernels.paper", lse_format="bf16")
