@@ -15,6 +15,8 @@ name:
   fix's ε, β, δ in the family's domain), derived once for both sides;
 * :meth:`Family.lse`: log-sum-exp in nats from the final m and l (in float64, or
   rounded as the family's reference computes it: ``lse_format``);
+* ``modes``: the recipe options its kernel implements (``paper_code``), and
+  ``recipes``: the further recipes registered under the family (recipes.RECIPES);
 * ``compared``: the tensors the crosscheck compares per launch kind;
 * ``kernel``: the family's cached numba kernel (:meth:`Family.emulate` runs it);
   ``gpu_module``: the module of
@@ -85,6 +87,10 @@ class Family:
     compared: dict = field(default_factory=lambda: {"production": PRODUCTION_TENSORS, "dump": DUMP_TENSORS})
     # the format the reference rounds its lse to (None: float64 m + ln l); ln domain only
     lse_format: str | None = None
+    # recipe options (Recipe fields) the family's emulator kernel implements, e.g. ("paper_code",)
+    modes: tuple = ()
+    # further recipes of the family: {name: Recipe field values over the family's defaults}
+    recipes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
