@@ -179,6 +179,17 @@ def fixed_block_max(job, stages, work, i, j0, bm):
 
 
 @nb.njit(inline="always", error_model="numpy")
+def key_prob(plan, ledger, record, s, m_new, log2e, hw, ex2_pos, ex2_neg, ex2_params, off):
+    """P̃ = bf16(exp(bf16(fl32(s − m_new)))) of one key (stages d, d_cast, e_arg, P, P_cast; the
+    casts' random words at the score's flat index ``off``)."""
+    d = round_stage(plan, ledger, record, STAGE.d_cast, round_add(plan, ledger, record, STAGE.d, s, -m_new, 0), 0.0,
+                    off)
+    e_arg = round_mul(plan, ledger, record, STAGE.e_arg, d, log2e, 0)
+    p = ex2_unit(plan, ledger, record, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
+    return round_stage(plan, ledger, record, STAGE.P_cast, p, 0.0, off)
+
+
+@nb.njit(inline="always", error_model="numpy")
 def max_nan(a, b):
     """torch.maximum (and torch.amax, pairwise): NaN if either operand is NaN."""
     if a != a or b != b:
@@ -219,13 +230,8 @@ def code_probs(job, stages, work, bh, i, j0, m_old, log2e):
     for jj in range(block_n):
         j = j0 + jj
         if jj < n_keys:
-            rec = record and valid_key(i, j, Nk, causal)
-            off = row * Nk + j
-            d = round_stage(plan, ledger, rec, STAGE.d_cast,
-                            round_add(plan, ledger, rec, STAGE.d, block_scores[jj], -m_new, 0), 0.0, off)
-            e_arg = round_mul(plan, ledger, rec, STAGE.e_arg, d, log2e, 0)
-            p = ex2_unit(plan, ledger, rec, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
-            block_probs[jj] = round_stage(plan, ledger, rec, STAGE.P_cast, p, 0.0, off)
+            block_probs[jj] = key_prob(plan, ledger, record and valid_key(i, j, Nk, causal), block_scores[jj], m_new,
+                                       log2e, hw, ex2_pos, ex2_neg, ex2_params, row * Nk + j)
         else:
             block_probs[jj] = 0.0
     return m_new
@@ -257,12 +263,8 @@ def block_step(job, stages, work, bh, i, jb, running):
         for jj in range(block_n):
             j = j0 + jj
             if valid_key(i, j, Nk, causal):
-                off = row * Nk + j
-                d = round_stage(plan, ledger, record, STAGE.d_cast,
-                                round_add(plan, ledger, record, STAGE.d, block_scores[jj], -m_new, 0), 0.0, off)
-                e_arg = round_mul(plan, ledger, record, STAGE.e_arg, d, log2e, 0)
-                p = ex2_unit(plan, ledger, record, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
-                block_probs[jj] = round_stage(plan, ledger, record, STAGE.P_cast, p, 0.0, off)
+                block_probs[jj] = key_prob(plan, ledger, record, block_scores[jj], m_new, log2e, hw, ex2_pos, ex2_neg,
+                                           ex2_params, row * Nk + j)
             else:
                 block_probs[jj] = 0.0
     # per-(row, block) stages draw their sr words at the (row, block) flat index
