@@ -268,6 +268,29 @@ def test_running_max_starts_at_minus_max():
     assert np.array_equal(bits(r.out[1]), bits(plain.out[1])) and r.m[1] == plain.m[1]
 
 
+def test_masked_keys_hold_minus_max():
+    """A masked key's score is −max(bf16), a number: a causal row whose one valid score is −inf
+    (q = +inf against a negative key) has block max −max(bf16) = its running max, so its masked
+    keys get d = 0 and P̄ = 1, and the row averages the V of keys it may not see; with −inf
+    masks it would be 0/bf16(1e-10) = 0.  With the fix the 39 tied masked keys set bm = 0."""
+    D, N = 16, 40
+    q = np.zeros((N, D))
+    q[0, 0] = np.inf
+    q[1:, 0] = 1.0
+    k = np.zeros((N, D))
+    k[:, 0] = -1.0
+    k[:, 1] = np.arange(N)
+    v = np.random.default_rng(2).integers(-4, 5, (N, D)).astype(np.float64)
+    for fix in (None, "paper"):
+        r = flash_attention(q, k, v, recipe="paper_code", causal=True, fix=fix)
+        out, m, l, _ = paper_code_row(row_scores(q, k, 0, True, 0.25), v, 512, stable=fix is not None)
+        assert np.array_equal(bits(r.out[0]), bits(out)) and (r.m[0], r.l[0]) == (m, l)
+        if fix is None:
+            assert (m, l) == (NEG_MAX, 39.0) and np.array_equal(out, bf(v[1:].sum(0) / 39))
+        else:
+            assert (m, l) == (0.0, CLAMP) and (out == 0).all()
+
+
 def test_keys_beyond_nk_do_not_exist_and_masked_keys_do():
     """The fix's n counts the keys of a block that exist: a last block of one key (Nk = 513)
     never triggers the fix, fully masked or not, while a fully masked block of two keys does."""
