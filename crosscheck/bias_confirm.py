@@ -5,7 +5,7 @@ the emulator on the same inputs (production launch: out, m, l).
     PYTHONPATH=. python -m flashbits.crosscheck.bias_confirm OUT.json [RECORD.npz]
 
 (the ``bias`` part of ``python -m flashbits.crosscheck.records regenerate``).  Every
-recipe (emulator.RECIPES) × every fix the kernels implement (none; paper with
+recipe the kernels implement (gpu.attention.KERNEL_RECIPES) × every fix the kernels implement (none; paper with
 β = 2, 4, 8) × rne and sr of the P̄ and output casts.
 """
 
@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from flashbits.emulator import RECIPES
+from flashbits.gpu.attention import KERNEL_RECIPES
 from flashbits.gpu.provenance import provenance
 
 from .compare import compare_sides
@@ -42,7 +42,7 @@ def main(argv=None):
     entries = []
     for regime in REGIMES:
         q, k, v = regime_inputs(regime)
-        for recipe in RECIPES:
+        for recipe in KERNEL_RECIPES:
             for fix, beta in FIXES:
                 for rounding in ("rne", "sr"):
                     cfg = Config(recipe=recipe, fix=fix, rounding=rounding, seed=0, beta=beta)

@@ -239,11 +239,13 @@ def cmd_crosscheck(args):
         tiles = [parse_tile(t) for t in args.tiles.split(",")]
     except ValueError as e:
         raise ValueError(f"--tiles: {e}") from None
-    from flashbits.emulator import RECIPES
+    from flashbits.gpu.attention import KERNEL_RECIPES
 
-    recipes = _csv_choice(args.recipes, tuple(RECIPES), "recipes")
+    recipes = _csv_choice(args.recipes, KERNEL_RECIPES, "recipes")
     pass_name = "backward" if args.backward else "forward"
     if args.backward:
+        from flashbits.emulator import RECIPES
+
         no_kernels = [r for r in recipes if (RECIPES[r].spec.backward is None
                                              or RECIPES[r].spec.backward.gpu_module is None)]
         if no_kernels:
@@ -307,14 +309,15 @@ def _write(args, report, entries, prov):
 def _add_crosscheck_args(p):
     from flashbits.crosscheck.cases import KINDS
     from flashbits.crosscheck.sides import KERNEL_FIXES
-    from flashbits.emulator import RECIPES
+    from flashbits.gpu.attention import KERNEL_RECIPES
 
     p.add_argument("--cases", type=int, default=64, help="cases per configuration (default 64)")
     p.add_argument("--kinds", help=f"comma-separated case kinds (default: all: {', '.join(KINDS)})")
 
-    recipes = ",".join(RECIPES)
+    recipes = ",".join(KERNEL_RECIPES)
     fixes = ",".join(f or "none" for f in KERNEL_FIXES)
-    p.add_argument("--recipes", default=recipes, help=f"comma-separated recipes (default {recipes})")
+    p.add_argument("--recipes", default=recipes, help=f"comma-separated recipes the kernels implement "
+                                                     f"(default {recipes})")
     p.add_argument("--fixes", default=fixes, help=f"comma-separated fixes the kernels implement: "
                                                  f"{', '.join(fixes.split(','))} (default all)")
     p.add_argument("--roundings", default=",".join(KERNEL_ROUNDINGS),

@@ -123,7 +123,7 @@ class Step:
 
 def plan(out: str, cases: int | None = None, workers: int | None = None, python: str = sys.executable) -> list:
     """Every step of a full regeneration, in order."""
-    from flashbits.emulator import RECIPES
+    from flashbits.gpu.attention import KERNEL_RECIPES
 
     from .sides import KERNEL_FIXES, other_tiles
 
@@ -133,7 +133,7 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
         d = os.path.join("probes", probe)
         steps.append(Step(probe, probe, d, [([python, "-m", "flashbits.gpu.probes.run_all", os.path.join(out, d),
                                               "--only", probe], os.path.join(d, "run.log"))]))
-    for recipe in RECIPES:
+    for recipe in KERNEL_RECIPES:
         for fix in KERNEL_FIXES:
             name = f"{recipe}{fix_label(fix)}"
             d = os.path.join("attention", name)
@@ -147,7 +147,7 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
                                             os.path.join(out, d, "bias_gpu_confirmation.json"),
                                             os.path.join(out, d, "attention_bias_golden.npz")],
                                            os.path.join(d, "log.txt"))]))
-    for recipe in RECIPES:
+    for recipe in KERNEL_RECIPES:
         cmds = []
         for fix, rounding in TILE_CONFIGS:
             d = os.path.join("tiles", f"{recipe}_{fix_label(fix)}")

@@ -41,6 +41,9 @@ DEFAULT_STAGES = 3
 # the fixes the kernels implement (the others run in the emulator only); here, not in
 # gpu/kernels/, so that the CLI can check arguments without importing triton
 KERNEL_FIXES = ("paper",)
+# the registered recipes the kernels implement: all but the paper-code mode (Recipe.paper_code,
+# the paper's published code exactly: emulator only)
+KERNEL_RECIPES = tuple(name for name, r in RECIPES.items() if not r.paper_code)
 
 
 @dataclass
@@ -70,7 +73,12 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
     or ValueError naming what the family's kernel cannot do: every stage as the
     family's own recipe (RECIPES[rec.family]) plans it, except the rounding of the
     stages the kernel module switches (``SR_STAGES``: rne or sr with its
-    ``SR_RAND_BITS``), and a fix among its ``FIXES``."""
+    ``SR_RAND_BITS``), and a fix among its ``FIXES``; never the paper-code mode."""
+    if rec.paper_code:
+        raise ValueError(f"recipe {rec.name!r} is the paper-code mode (Recipe.paper_code: the paper's published "
+                         "code exactly: every key block visited, masked scores −max(bf16), row sums clamped to "
+                         "1e-10), which the GPU kernels do not implement; run it in the emulator "
+                         "(emulator.flash_attention, flashbits emulate --recipe paper_code)")
     kmod = rec.spec.gpu_kernels()
     switchable = kmod.SR_STAGES
     base = RECIPES[rec.family]

@@ -80,8 +80,11 @@ def error_bound(recipe, q, k, v, causal, block_m, block_n, beta=1.0, extra_block
     if lse:
         # lse = m + ln l with the kernel's own m: |Δ ln l| ≤ η + the roundings of l
         # (paper: the P̄ cast and l_blk_cast, l_mul_cast, l_add_cast per block;
-        # fa2: l sums the uncast P̄ in fp32), plus fp32 evaluation of m·ln 2 + ln l
+        # fa2: l sums the uncast P̄ in fp32), plus fp32 evaluation of m·ln 2 + ln l;
+        # paper: lse = bf16(fl32(bf16(fl32(ln l)) + m)) adds two bf16 roundings, of
+        # |ln l| ≤ |lse| + |m| and of |lse|, with |m| ≤ M
         Kl = 0.0 if recipe == "fa2" else 1.0 + 3.0 * nb
         ref_lse = np.log(np.where(vis, np.exp(s - s.max(axis=-1, keepdims=True)), 0).sum(-1)) + s.max(axis=-1)
-        return eta + Kl * u * 1.05 + steps * 2.0**-21 + 2.0**-20 * (1 + np.abs(ref_lse))
+        cast = 0.0 if recipe == "fa2" else u * 1.05 * (2 * np.abs(ref_lse) + M + 2)
+        return eta + Kl * u * 1.05 + steps * 2.0**-21 + 2.0**-20 * (1 + np.abs(ref_lse)) + cast
     return rel[..., None] * W + floor[..., None]

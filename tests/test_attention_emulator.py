@@ -705,8 +705,8 @@ BAD = {
     "beta without fix": (lambda: (_qkv(), dict(beta=4.0)), ValueError, ["beta", "fix=None", "fix='paper'"]),
     "beta < 1": (lambda: (_qkv(), dict(fix="paper", beta=0.5)), ValueError, ["0.5", ">= 1"]),
     "eps < 0": (lambda: (_qkv(), dict(fix="paper", eps=-1.0)), ValueError, ["-1", ">= 0"]),
-    "block_m": (lambda: (_qkv(), dict(block_m=48)), ValueError, ["block_m", "48", "16, 32, 64 or 128"]),
-    "block_n": (lambda: (_qkv(), dict(block_n=8)), ValueError, ["block_n", "8", "16, 32, 64 or 128"]),
+    "block_m": (lambda: (_qkv(), dict(block_m=48)), ValueError, ["block_m", "48", "16, 32, 64, 128, 256, 512"]),
+    "block_n": (lambda: (_qkv(), dict(block_n=8)), ValueError, ["block_n", "8", "16, 32, 64, 128, 256, 512"]),
     "precision": (lambda: (_qkv(), dict(precision="fp32")), ValueError, ["'fp32'", "'hw'", "'fp64'"]),
     "scale": (lambda: (_qkv(), dict(scale=0.0)), ValueError, ["scale", "0", "positive finite"]),
 }

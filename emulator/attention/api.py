@@ -33,8 +33,11 @@ class AttentionResult:
 
     out : output values (float32 array holding values of the output format),
           shape of q.
-    lse : log-sum-exp per row in nats (float64), from the final m and l:
-          fa2: m·ln 2 + ln l (m is in the log2 domain); paper: m + ln l.
+    lse : log-sum-exp per row in nats (float64 array), from the final m and l:
+          fa2: m·ln 2 + ln l (m is in the log2 domain), in float64; paper (and
+          paper_code): bf16(fl32(bf16(fl32(ln l)) + m)), a bf16 value, as the
+          paper's code computes it on bf16 tensors (fl32(ln l) a correctly rounded
+          logf; CUDA's is within 1 ulp); with ``precision="fp64"``: m + ln l.
     m, l : the final running max and row sum per row, as the kernel keeps them.
     ledger : the :class:`RoundingLedger` (``record=True``), else None.
     m_blocks, l_blocks : m and l after each visited key block, (..., rows,
@@ -147,7 +150,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
         ``rounding.as_float_array``: numpy float16, ml_dtypes bfloat16, float8_*, whose
         values are widened exactly to float32 — fp16 values must still be bf16 values).  q and k
         lengths may differ; any lengths (no multiple of the block needed).
-    recipe : a name of ``RECIPES`` (``fa2``, ``paper``) | a :class:`Recipe`.
+    recipe : a name of ``RECIPES`` (``fa2``, ``paper``, ``paper_code``) | a :class:`Recipe`.
     fix : None | ``paper`` | ``offset`` | :class:`Fix`; ``eps``/``beta`` set the
         paper fix's parameters, ``delta`` the offset fix's (recipes.Fix).
     causal : mask keys j > i (top-left aligned, as torch's ``is_causal``).
@@ -162,7 +165,9 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     dump : keep the intermediates (m, l per block; acc) without the ledger.
     precision : ``hw`` (hardware models) or ``fp64`` (every stage and unit in
         IEEE float64: tiling and the fix change nothing in exact math, so this
-        equals :func:`reference_attention` to about 1e-15).
+        equals :func:`reference_attention` to about 1e-15; paper_code's clamp of
+        each block's row sum to 1e-10, a guard against bf16 underflow that would
+        change exact math, is dropped there).
     threads : numba threads (default: all cores).
 
     NaN and inf inputs propagate as the GPU's units propagate them (the
@@ -176,6 +181,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     fp64 = precision == "fp64"
     q4, k4, v4, squeeze = _check_inputs(q, k, v)
     B, H, Nq, D = q4.shape
+    rec.check_problem(Nq, k4.shape[2], bool(causal))
     sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if not (math.isfinite(sc) and sc > 0):
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
@@ -193,7 +199,7 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     finally:
         numba.set_num_threads(prev)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lse = rec.lse(job.outputs.m, job.outputs.l)
+        lse = rec.lse(job.outputs.m, job.outputs.l, fp64=fp64)
     return _shape_result(job, lse, rec, fx, (B, H, Nq, D), squeeze, fp64,
                          {"scale": sc, "causal": bool(causal), "precision": precision})
 
@@ -246,7 +252,7 @@ def _prepare_job(q4, k4, v4, rec, fx, sc, plan, causal, fp64, record, keep, nthr
                     tc_pv=_int64s(tc_pv), p_mant=fv.mant_bits, p_emin=fv.emin, ex2_pos=tpos, ex2_neg=tneg,
                     ex2_params=_int64s(ex2_params(ex2))),
         plan=plan,
-        tiling=Tiling(Nk=Nk, causal=causal, block_m=rec.block_m, block_n=bn),
+        tiling=Tiling(Nk=Nk, causal=causal, block_m=rec.block_m, block_n=bn, paper_code=rec.paper_code),
         outputs=Outputs(out=np.empty((BH, Nq, D)), m=np.empty((BH, Nq)), l=np.empty((BH, Nq)),
                         acc=np.full(shape_keep(BH, Nq, D), np.nan),
                         m_blocks=np.full(shape_keep(BH, Nq, nblk), np.nan),

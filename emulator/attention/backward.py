@@ -136,6 +136,7 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
     q4, k4, v4, squeeze = _check_inputs(q, k, v)
     B, H, Nq, D = q4.shape
     Nk = k4.shape[2]
+    rec.check_problem(Nq, Nk, bool(causal))
     shape = (Nq, D) if squeeze else (B, H, Nq, D)
     # fp64 mode reads out and dout as given (float64 autograd's out is no bf16 tensor)
     o4 = _bf16_values(out, "out", shape, fp64).reshape(B, H, Nq, D)

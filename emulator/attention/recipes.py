@@ -20,11 +20,14 @@ from ..formats import get_format
 from ..rounding import RoundMode
 from .stages import StageSpec
 
-__all__ = ["StageSpec", "Recipe", "Fix", "RECIPES", "get_recipe", "get_fix", "FIXES", "NUM_WARPS"]
+__all__ = ["StageSpec", "Recipe", "Fix", "RECIPES", "get_recipe", "get_fix", "FIXES", "NUM_WARPS", "BLOCKS"]
 
 
 # warps per program a recipe may name (the kernels' warpgroups: one or two)
 NUM_WARPS = (4, 8)
+# the tiles (block_m, block_n) the emulator takes; the GPU kernels take fewer
+# (gpu.attention.KERNEL_BLOCK_M, KERNEL_BLOCK_N); 512 is the paper code's bucket size
+BLOCKS = (16, 32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,14 @@ class Recipe:
     which key blocks a causal row visits); ``block_n``: keys per online-softmax
     step (changes the arithmetic); ``num_warps``: warps per program (decides the
     reduction tree of row sums, with the wgmma layout: 16 rows per warp).
+
+    ``paper_code`` (family ``paper`` only; the registered recipe ``paper_code``): the
+    exact behaviour of the paper's published attention code where our ``paper``
+    recipe differs from it (docs/recipes.md, "paper_code"): every row visits every
+    key block, also those above the causal diagonal; causally masked keys hold the
+    score −max(bf16) (finite: they count for the fix's n, exp gives 0) and the
+    running max starts there; each block's row sum is clamped to at least 1e-10 (in
+    the row sum's format).  Emulator only (the GPU kernels refuse it).
     """
 
     name: str
@@ -93,6 +104,7 @@ class Recipe:
     block_n: int
     num_warps: int
     stages: dict = field(default_factory=dict)
+    paper_code: bool = False
 
     # -- what the family says (families/__init__.py): both sides read these ------------
     @property
@@ -111,9 +123,20 @@ class Recipe:
         """The fp32 kernel constants (families.KernelScalars) for ``scale`` and ``fix``."""
         return self.spec.scalars(scale, fix, fp64)
 
-    def lse(self, m, l, log=None):
-        """log-sum-exp in nats from the final m and l (``log``: np.log or torch.log)."""
-        return self.spec.lse(m, l) if log is None else self.spec.lse(m, l, log)
+    def lse(self, m, l, log=None, fp64: bool = False):
+        """log-sum-exp in nats from the final m and l (``log``: np.log or torch.log; numpy or
+        torch inputs): fa2 m·ln 2 + ln l, paper bf16(fl32(bf16(fl32(ln l)) + m)) as the
+        paper's code computes it (float64 m + ln l with ``fp64``; families.Family.lse)."""
+        return self.spec.lse(m, l, fp64=fp64) if log is None else self.spec.lse(m, l, log, fp64)
+
+    def check_problem(self, Nq: int, Nk: int, causal: bool):
+        """ValueError for a problem the recipe's arithmetic does not describe: the paper
+        code (``paper_code``) aligns its causal mask as key j ≤ i − (Nk − Nq) when Nk > Nq
+        (bottom-left), not j ≤ i as torch's ``is_causal`` and the emulator do."""
+        if self.paper_code and causal and Nk > Nq:
+            raise ValueError(f"recipe {self.name!r} (paper_code) with causal=True needs Nk <= Nq: for Nk > Nq the "
+                             f"paper's code masks keys j > i − (Nk − Nq), which the emulator does not model "
+                             f"(got Nq={Nq}, Nk={Nk}); use causal=False or recipe 'paper'")
 
     @property
     def compared_tensors(self) -> dict:
@@ -194,8 +217,13 @@ class Recipe:
     def validate(self):
         self.spec  # noqa: B018 - an unknown family raises here, naming the known ones
         for v, what in ((self.block_m, "block_m"), (self.block_n, "block_n")):
-            if v not in (16, 32, 64, 128):
-                raise ValueError(f"{what} must be 16, 32, 64 or 128, got {v}")
+            if v not in BLOCKS:
+                raise ValueError(f"{what} must be one of {', '.join(map(str, BLOCKS))} in the emulator, got {v} "
+                                 "(the GPU kernels: gpu.attention.KERNEL_BLOCK_M, KERNEL_BLOCK_N)")
+        if self.paper_code and "paper_code" not in self.spec.modes:
+            raise ValueError(f"recipe {self.name!r}: paper_code (the paper code's exact behaviour) is an option of "
+                             f"family {', '.join(repr(n) for n, f in _families().items() if 'paper_code' in f.modes)}, "
+                             f"not of family {self.family!r}")
         if self.num_warps not in NUM_WARPS:
             raise ValueError(f"num_warps must be 4 or 8, got {self.num_warps}")
         p = self.stages.get("P_cast")
@@ -207,14 +235,27 @@ class Recipe:
                  "accumulation": s.accumulation, "what": s.doc} for s in self.stages.values()]
 
 
-def _family_recipes() -> dict:
+def _families() -> dict:
     from .families import FAMILIES
 
-    return {name: Recipe(name, family=name, block_m=f.block_m, block_n=f.block_n, num_warps=f.num_warps,
-                         stages=f.stages) for name, f in FAMILIES.items()}
+    return FAMILIES
 
 
-# one recipe per family, named as the family, with the family's stage plan and tiles
+def _family_recipes() -> dict:
+    recipes = {}
+    for name, f in _families().items():
+        base = Recipe(name, family=name, block_m=f.block_m, block_n=f.block_n, num_warps=f.num_warps,
+                      stages=f.stages)
+        recipes[name] = base
+        for variant, fields in f.recipes.items():
+            r = replace(base, name=variant, **fields)
+            r.validate()
+            recipes[variant] = r
+    return recipes
+
+
+# one recipe per family, named as the family, with the family's stage plan and tiles; then
+# the family's further recipes (Family.recipes: paper_code)
 RECIPES = _family_recipes()
 
 

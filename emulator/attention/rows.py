@@ -13,9 +13,11 @@ Numerical contract of the driver:
   ``ch · n_rows // n_chunks``; each chunk runs its rows in order and records
   into its own ledger table, so the ledger's float sums do not depend on the
   thread count (api sums the chunks in chunk order).
-* A row starts from m = −inf, l = 0, every accumulator 0; its blocks are the
-  kernel's (:func:`n_visited_blocks`), ascending; each step gets the running
-  (m, l, l_comp) and returns the new one.
+* A row starts from m = ``start_max(job)`` (−inf unless the family says
+  otherwise), l = 0, every accumulator 0; its blocks are the kernel's
+  (:func:`n_visited_blocks`; with ``tiling.paper_code`` every key block, as the
+  paper's code loops), ascending; each step gets the running (m, l, l_comp) and
+  returns the new one.
 * The row ends with ``finish_row`` (e.g. folding compensation terms in), then
   per column: out = cast(acc / l) by the family's ``div`` and ``O_cast`` stages,
   the cast's random word at the element's flat index row·D + d.
@@ -73,8 +75,10 @@ format of P̄ (mantissa bits, emin), the MUFU.EX2 tables and parameters (F, roun
 twos, nan_code; hw.sfu.load_exp2_tables).  A kernel takes the tuples as int64 arrays
 (the prange's live values must be flat); :func:`make_job` turns them back into tuples."""
 
-Tiling = namedtuple("Tiling", "Nk causal block_m block_n")
-Tiling.__doc__ = """Key length, causal mask, and the kernel's tiles (which key blocks a row visits)."""
+Tiling = namedtuple("Tiling", "Nk causal block_m block_n paper_code")
+Tiling.__doc__ = """Key length, causal mask, the kernel's tiles (which key blocks a row visits),
+and the paper-code mode (recipes.Recipe.paper_code): every row visits every key block; what
+the family does differently then is the family's (families/paper.py)."""
 
 Outputs = namedtuple("Outputs", "out m l acc m_blocks l_blocks ledgers record keep")
 Outputs.__doc__ = """Arrays the kernel fills (rows flattened to BH): out (BH, Nq, D), final m, l
@@ -146,7 +150,13 @@ def set_p_operand(p, jj, value, mant, emin):
     p.spec[0, jj] = sp
 
 
-def make_row_driver(block_step, finish_row, div_stage, out_stage):
+@nb.njit(inline="always", error_model="numpy")
+def minus_inf(job):
+    """The running max a row starts from, unless a family says otherwise: −inf."""
+    return -np.inf
+
+
+def make_row_driver(block_step, finish_row, div_stage, out_stage, start_max=minus_inf):
     """The row driver of one family: ``drive_rows(job, ch, n_chunks)`` (numba).
 
     ``block_step(job, stages, work, bh, i, jb, running) -> Running``: key block jb of
@@ -154,6 +164,7 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage):
     ``finish_row(job, stages, work, running) -> l``: the row sum the division uses,
     after any final fold of compensation terms into l and ``work.acc``.
     ``div_stage``, ``out_stage``: the family's stage indices of acc / l and the output cast.
+    ``start_max(job) -> float``: the running max before the first block (default −inf).
 
     The step functions are closure constants (numba freezes them as it freezes
     globals), not arguments: see the module docstring for why.
@@ -180,11 +191,13 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage):
         for r in range(ch * R_total // n_chunks, (ch + 1) * R_total // n_chunks):
             bh = r // Nq
             i = r % Nq
-            running = Running(-np.inf, 0.0, 0.0)
+            running = Running(start_max(job), 0.0, 0.0)
             for d in range(D):
                 work.acc[d] = 0.0
                 work.acc_comp[d] = 0.0
-            for jb in range(n_visited_blocks(i, tiling.Nk, tiling.causal, tiling.block_m, block_n)):
+            # the paper code visits every key block, also those above the causal diagonal
+            for jb in range(n_visited_blocks(i, tiling.Nk, tiling.causal and not tiling.paper_code, tiling.block_m,
+                                             block_n)):
                 running = block_step(job, stages, work, bh, i, jb, running)
                 if outs.keep:
                     outs.m_blocks[bh, i, jb] = running.m

@@ -27,7 +27,8 @@ from flashbits.crosscheck.cases import KINDS, suite
 from flashbits.crosscheck.compare import compare_sides
 from flashbits.crosscheck.record import load_record
 from flashbits.crosscheck.sides import KERNEL_FIXES, Config, gpu_side
-from flashbits.emulator import RECIPES, get_recipe
+from flashbits.emulator import get_recipe
+from flashbits.gpu.attention import KERNEL_RECIPES
 
 pytestmark = pytest.mark.gpu
 
@@ -51,7 +52,7 @@ def cases():
 
 @pytest.mark.parametrize("rounding", ["rne", "sr"])
 @pytest.mark.parametrize("fix", KERNEL_FIXES, ids=lambda f: f or "nofix")
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("recipe", list(KERNEL_RECIPES))
 def test_kernels_match_the_emulator_bit_for_bit(recipe, fix, rounding, cases):
     from flashbits.crosscheck.runner import crosscheck_config
 
@@ -132,7 +133,7 @@ def test_golden_record_replays_on_the_live_gpu(record):
 def test_gpu_side_bits_are_the_recipes_tensors():
     """A launch's side holds exactly the recipe's compared tensors, as raw bits."""
     q = np.zeros((1, 1, 8, 64), np.float32)
-    for recipe in RECIPES:
+    for recipe in KERNEL_RECIPES:
         cfg = Config(recipe=recipe)
         for dump, launch in ((False, "production"), (True, "dump")):
             side = gpu_side(q, q, q, False, cfg, dump=dump)

@@ -13,7 +13,10 @@ name:
   (natural-log domain, exp = exp2 of x·log2 e);
 * :meth:`Family.scalars`: the fp32 constants the kernels take (scale, the
   fix's ε, β, δ in the family's domain), derived once for both sides;
-* :meth:`Family.lse`: log-sum-exp in nats from the final m and l;
+* :meth:`Family.lse`: log-sum-exp in nats from the final m and l (in float64, or
+  rounded as the family's reference computes it: ``lse_format``);
+* ``modes``: the recipe options its kernel implements (``paper_code``), and
+  ``recipes``: the further recipes registered under the family (recipes.RECIPES);
 * ``compared``: the tensors the crosscheck compares per launch kind;
 * ``kernel``: the family's cached numba kernel (:meth:`Family.emulate` runs it);
   ``gpu_module``: the module of
@@ -33,7 +36,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["Family", "Backward", "KernelScalars", "FAMILIES", "get_family", "DOMAINS", "LOG2E", "LN2"]
+__all__ = ["Family", "Backward", "KernelScalars", "FAMILIES", "get_family", "rounded_lse", "DOMAINS", "LOG2E",
+           "LN2"]
 
 LOG2E = 1.4426950408889634   # log2 e as a float64 (rounded to fp32 where a kernel uses it)
 LN2 = math.log(2.0)
@@ -107,10 +111,18 @@ class Family:
     gpu_module: str
     compared: dict = field(default_factory=lambda: {"production": PRODUCTION_TENSORS, "dump": DUMP_TENSORS})
     backward: Backward | None = None
+    # the format the reference rounds its lse to (None: float64 m + ln l); ln domain only
+    lse_format: str | None = None
+    # recipe options (Recipe fields) the family's emulator kernel implements, e.g. ("paper_code",)
+    modes: tuple = ()
+    # further recipes of the family: {name: Recipe field values over the family's defaults}
+    recipes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.domain not in DOMAINS:
             raise ValueError(f"family {self.name!r}: domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.lse_format is not None and self.domain != "ln":
+            raise ValueError(f"family {self.name!r}: a rounded lse (lse_format) needs the ln domain")
 
     def scalars(self, scale: float, fix=None, fp64: bool = False) -> KernelScalars:
         """The kernel constants for softmax ``scale`` and ``fix`` (a recipes.Fix or None)."""
@@ -121,12 +133,20 @@ class Family:
         return KernelScalars(to_kernel(scale * k), to_kernel(fix.eps * k), to_kernel(fix.beta),
                              to_kernel(fix.delta * k))
 
-    def lse(self, m, l, log=np.log):
+    def lse(self, m, l, log=np.log, fp64: bool = False):
         """log-sum-exp per row in nats from the final running max m (in the family's
-        domain) and row sum l; ``log`` is the array library's log (np.log, torch.log)."""
+        domain) and row sum l; ``log`` is the array library's log (np.log, torch.log).
+
+        With ``lse_format`` (paper: bf16) and not ``fp64``, the reference's rounded
+        formula ``fmt(fl32(fmt(fl32(ln l)) + m))`` instead (:func:`rounded_lse`, on the
+        host, numpy or torch inputs alike); ``fp64`` (the emulator's float64 mode) keeps
+        ``m + ln l`` unrounded.
+        """
         if self.domain == "log2":
             return m * LN2 + log(l)
-        return m + log(l)
+        if self.lse_format is None or fp64:
+            return m + log(l)
+        return rounded_lse(m, l, self.lse_format)
 
     def emulate(self, job):
         """Fill ``job``'s outputs (a rows.Job) with the family's op sequence, every row."""
@@ -137,6 +157,35 @@ class Family:
     def gpu_kernels(self):
         """The family's module of ``flashbits.gpu.kernels`` (needs torch + triton)."""
         return importlib.import_module(self.gpu_module)
+
+
+def rounded_lse(m, l, fmt: str):
+    """lse = fmt(fl32(fmt(fl32(ln l)) + m)) per row: a log and an add on tensors of format
+    ``fmt``, as PyTorch computes them (each op in fp32, its result rounded once to fmt).
+
+    fl32(ln l) is the float64 log rounded to fp32, i.e. a correctly rounded logf
+    (CUDA's logf is within 1 ulp, not correctly rounded: where the two differ, the fmt
+    rounding after it hides the difference unless fl32(ln l) lies next to a fmt rounding
+    boundary).  fl32(L + m) rounds the float64 sum of two fp32 values, which equals
+    rounding their exact sum once (53 ≥ 2·24 + 2).  numpy inputs give a float64 array,
+    torch tensors a float32 tensor on their device (computed on the host, the same bits).
+    """
+    from ...rounding import quantize
+
+    torch_in = type(m).__module__.startswith("torch")
+    if torch_in:
+        device = m.device
+        m, l = (t.detach().cpu().double().numpy() for t in (m, l))
+    m64 = np.asarray(m, np.float64)
+    l64 = np.asarray(l, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ln = quantize(np.log(l64).astype(np.float32), fmt, "rne")
+        out = quantize((ln.astype(np.float64) + m64).astype(np.float32), fmt, "rne").astype(np.float64)
+    if torch_in:
+        import torch
+
+        return torch.from_numpy(out.astype(np.float32)).to(device)
+    return out
 
 
 # the family modules, in the order recipes are listed

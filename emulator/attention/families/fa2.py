@@ -59,7 +59,7 @@ def scores(job, stages, work, bh, i, j0):
     depth = q_values.shape[1]
     hw = job.units.hw
     tc_qk = job.units.tc_qk
-    Nk, causal, _, block_n = job.tiling
+    Nk, causal, _, block_n, _ = job.tiling
     block_max = -np.inf
     for jj in range(block_n):
         j = j0 + jj
@@ -117,7 +117,7 @@ def block_step(job, stages, work, bh, i, jb, running):
     p_operand = work.p_operand
     p_values, p_sig, p_exp, p_spec = p_operand
     acc = work.acc
-    Nk, causal, _, block_n = job.tiling
+    Nk, causal, _, block_n, _ = job.tiling
     hw, _, _, tc_pv, p_mant, p_emin, ex2_pos, ex2_neg, ex2_params = job.units
     c = job.scalars.qk_scale
     Nq = job.operands.q.values.shape[1]

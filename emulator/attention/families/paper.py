@@ -10,6 +10,17 @@ the shared row driver (:func:`..rows.drive_rows`) and its cached top-level kerne
 Every fp32 operation result that the reference casts to bf16 is two stage roundings
 (the op's, then the cast's, with the cast's random word at the element's flat index);
 stage indices come from the table (``STAGE.x``).
+
+The paper-code mode (``Recipe.paper_code``, ``job.tiling.paper_code``; the recipe
+``paper_code``) is the paper's published code where our reconstruction differs
+from it (docs/recipes.md, "paper_code"): every key block is visited (the driver);
+a causally masked key *exists*, with the score NEG_MAX = −max(bf16) (the code's
+``masked_fill``), so it counts for the fix's n and goes through every op (exp
+gives 0; these lanes are computed but not recorded in the ledger), while keys ≥ Nk
+do not exist (the code splits its last block short); the block max and the running
+max propagate NaN (torch.amax, torch.maximum), the running max starts at NEG_MAX;
+each block's row sum is clamped to at least EPSILON in the row sum's format (in
+hardware precision only: the float64 mode keeps exact math).
 """
 
 from __future__ import annotations
@@ -22,8 +33,10 @@ from .paper_backward import BACKWARD
 from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
-from ..units import (FIX_OFFSET, FIX_PAPER, LOG2E_F32, PLAN_COMPENSATED, arith_add, arith_mul,
-                     ex2_unit, maxnum, round_add, round_mul, round_stage, row_tree_sum, tc_stage)
+from ...exact import rnd
+from ...formats import FORMATS
+from ..units import (FIX_OFFSET, FIX_PAPER, LOG2E_F32, MODE_RNE, PLAN_COMPENSATED, arith_add, arith_mul,
+                     ex2_unit, maxnum, round_add, round_mul, round_stage, row_tree_sum, stage_target, tc_stage)
 
 PAPER_STAGES = stage_table(
     StageSpec("S", "S = Q·Kᵀ on tensor cores (fp32 accumulator from +0)", "tensor_core"),
@@ -65,6 +78,14 @@ STAGE = stage_indices(PAPER_STAGES)   # a global namedtuple: numba freezes STAGE
 # the four stages of each running bf16 accumulator: α·x, its cast, + y, its cast
 L_ACCUMULATOR = (STAGE.l_mul, STAGE.l_mul_cast, STAGE.l_add, STAGE.l_add_cast)
 O_ACCUMULATOR = (STAGE.O_mul, STAGE.O_mul_cast, STAGE.O_add, STAGE.O_add_cast)
+
+# the paper code's constants (paper-code mode): max_neg_value = −torch.finfo(q.dtype).max
+# for bf16 inputs, the score of a masked key and the running max before the first block;
+# EPSILON = 1e-10, the floor of a block's row sum, which torch converts as c10 converts a
+# Python scalar to a tensor's dtype: to fp32, then to the row sum's format
+# (bf16(fl32(1e-10)) = bf16(1e-10) = 0x2EDC = 1.000444171950221e-10)
+NEG_MAX = -FORMATS["bf16"].max_finite
+EPSILON_F32 = float(np.float32(1e-10))
 
 
 @nb.njit(cache=True, error_model="numpy")
@@ -113,7 +134,7 @@ def scores(job, stages, work, bh, i, j0):
     hw = job.units.hw
     tc_qk = job.units.tc_qk
     qk_scale = job.scalars.qk_scale
-    Nk, causal, _, block_n = job.tiling
+    Nk, causal, _, block_n, _ = job.tiling
     row = bh * q_values.shape[0] + i
     block_max = -np.inf
     for jj in range(block_n):
@@ -145,8 +166,10 @@ def fixed_block_max(job, stages, work, i, j0, bm):
     if sc.fix_kind == FIX_PAPER and bm == bm:
         thr = round_stage(plan, ledger, record, STAGE.thr, arith_add(bm, -sc.eps, arith), 0.0, 0)
         n = 0
+        # the valid keys count; in the paper code every key that exists (masked: NEG_MAX)
+        counted_causal = job.tiling.causal and not job.tiling.paper_code
         for jj in range(job.tiling.block_n):
-            if valid_key(i, j0 + jj, job.tiling.Nk, job.tiling.causal) and block_scores[jj] >= thr:
+            if valid_key(i, j0 + jj, job.tiling.Nk, counted_causal) and block_scores[jj] >= thr:
                 n += 1
         if n > 1:
             if bm > 0.0:
@@ -154,6 +177,65 @@ def fixed_block_max(job, stages, work, i, j0, bm):
             elif bm < 0.0:
                 bm = 0.0
     return bm
+
+
+@nb.njit(inline="always", error_model="numpy")
+def key_prob(plan, ledger, record, s, m_new, log2e, hw, ex2_pos, ex2_neg, ex2_params, off):
+    """P̃ = bf16(exp(bf16(fl32(s − m_new)))) of one key (stages d, d_cast, e_arg, P, P_cast; the
+    casts' random words at the score's flat index ``off``)."""
+    d = round_stage(plan, ledger, record, STAGE.d_cast, round_add(plan, ledger, record, STAGE.d, s, -m_new, 0), 0.0,
+                    off)
+    e_arg = round_mul(plan, ledger, record, STAGE.e_arg, d, log2e, 0)
+    p = ex2_unit(plan, ledger, record, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
+    return round_stage(plan, ledger, record, STAGE.P_cast, p, 0.0, off)
+
+
+@nb.njit(inline="always", error_model="numpy")
+def max_nan(a, b):
+    """torch.maximum (and torch.amax, pairwise): NaN if either operand is NaN."""
+    if a != a or b != b:
+        return np.nan
+    return a if a > b else b
+
+
+@nb.njit(inline="always", error_model="numpy")
+def in_stage_format(plan, stage, x):
+    """x in ``stage``'s format, rounded to nearest even, not recorded: a Python scalar as torch
+    converts it to a tensor's dtype."""
+    v, _, _ = rnd(x, 0.0, stage_target(plan, stage), MODE_RNE, np.uint64(0), 32, False)
+    return v
+
+
+@nb.njit(cache=True, error_model="numpy")
+def code_probs(job, stages, work, bh, i, j0, m_old, log2e):
+    """The paper code's key block j0.. of row i up to P̄ (paper-code mode): the scores of
+    :func:`scores`, a causally masked key holding NEG_MAX; the block max over the keys
+    that exist (< Nk), NaN propagating (torch.amax); the fix, every existing key counting;
+    m_new = torch.maximum(m_old, bm); work.probs = P̄ of every existing key as the valid ones
+    (masked keys computed the same way, not recorded in the ledger), 0 for keys ≥ Nk.
+    Returns m_new."""
+    plan, ledger, record = stages
+    block_scores = work.scores
+    block_probs = work.probs
+    Nk, causal, _, block_n, _ = job.tiling
+    hw, _, _, _, _, _, ex2_pos, ex2_neg, ex2_params = job.units
+    scores(job, stages, work, bh, i, j0)
+    n_keys = min(block_n, Nk - j0)   # the keys of this block that exist
+    bm = -np.inf
+    for jj in range(n_keys):
+        if not valid_key(i, j0 + jj, Nk, causal):
+            block_scores[jj] = NEG_MAX   # masked_fill(causal_mask, max_neg_value)
+        bm = max_nan(bm, block_scores[jj])
+    m_new = max_nan(m_old, fixed_block_max(job, stages, work, i, j0, bm))
+    row = bh * job.operands.q.values.shape[1] + i
+    for jj in range(block_n):
+        j = j0 + jj
+        if jj < n_keys:
+            block_probs[jj] = key_prob(plan, ledger, record and valid_key(i, j, Nk, causal), block_scores[jj], m_new,
+                                       log2e, hw, ex2_pos, ex2_neg, ex2_params, row * Nk + j)
+        else:
+            block_probs[jj] = 0.0
+    return m_new
 
 
 @nb.njit(cache=True, error_model="numpy")
@@ -169,28 +251,33 @@ def block_step(job, stages, work, bh, i, jb, running):
     p_values, p_sig, p_exp, p_spec = p_operand
     acc = work.acc
     acc_comp = work.acc_comp
-    Nk, causal, _, block_n = job.tiling
+    Nk, causal, _, block_n, paper_code = job.tiling
     hw, _, _, tc_pv, p_mant, p_emin, ex2_pos, ex2_neg, ex2_params = job.units
     row = bh * job.operands.q.values.shape[1] + i
     j0 = jb * block_n
     # exp(x) = ex2.approx(x · fl32(log2 e)), as tl.exp
     log2e = LOG2E_F32 if hw else 1.4426950408889634
-    m_new = maxnum(running.m, fixed_block_max(job, stages, work, i, j0, scores(job, stages, work, bh, i, j0)))
-    for jj in range(block_n):
-        j = j0 + jj
-        if valid_key(i, j, Nk, causal):
-            off = row * Nk + j
-            d = round_stage(plan, ledger, record, STAGE.d_cast,
-                            round_add(plan, ledger, record, STAGE.d, block_scores[jj], -m_new, 0), 0.0, off)
-            e_arg = round_mul(plan, ledger, record, STAGE.e_arg, d, log2e, 0)
-            p = ex2_unit(plan, ledger, record, STAGE.P, e_arg, hw, ex2_pos, ex2_neg, ex2_params, False)
-            block_probs[jj] = round_stage(plan, ledger, record, STAGE.P_cast, p, 0.0, off)
-        else:
-            block_probs[jj] = 0.0
+    if paper_code:
+        m_new = code_probs(job, stages, work, bh, i, j0, running.m, log2e)
+    else:
+        m_new = maxnum(running.m, fixed_block_max(job, stages, work, i, j0, scores(job, stages, work, bh, i, j0)))
+        for jj in range(block_n):
+            j = j0 + jj
+            if valid_key(i, j, Nk, causal):
+                block_probs[jj] = key_prob(plan, ledger, record, block_scores[jj], m_new, log2e, hw, ex2_pos, ex2_neg,
+                                           ex2_params, row * Nk + j)
+            else:
+                block_probs[jj] = 0.0
     # per-(row, block) stages draw their sr words at the (row, block) flat index
     block_off = row * ((Nk + block_n - 1) // block_n) + jb
     l_blk = round_stage(plan, ledger, record, STAGE.l_blk_cast,
                         row_tree_sum(plan, ledger, record, STAGE.l_blk, block_probs, block_n), 0.0, block_off)
+    if paper_code and hw:
+        # the paper code's clamp(min=EPSILON) of the block's row sum (NaN stays NaN); not in
+        # the float64 mode, where it would change exact math
+        l_min = in_stage_format(plan, STAGE.l_blk_cast, EPSILON_F32)
+        if l_blk < l_min:
+            l_blk = l_min
     a_arg = round_stage(plan, ledger, record, STAGE.a_arg_cast,
                         round_add(plan, ledger, record, STAGE.a_arg, running.m, -m_new, 0), 0.0, block_off)
     a_e_arg = round_mul(plan, ledger, record, STAGE.a_e_arg, a_arg, log2e, 0)
@@ -232,7 +319,13 @@ def finish_row(job, stages, work, running):
     return l
 
 
-drive_rows = make_row_driver(block_step, finish_row, STAGE.div, STAGE.O_cast)
+@nb.njit(inline="always", error_model="numpy")
+def start_max(job):
+    """The running max before a row's first block: −inf; the paper code's NEG_MAX."""
+    return NEG_MAX if job.tiling.paper_code else -np.inf
+
+
+drive_rows = make_row_driver(block_step, finish_row, STAGE.div, STAGE.O_cast, start_max)
 
 
 # one cached kernel per family module: numba caches a top-level function only when
@@ -249,4 +342,7 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
 FAMILY = Family(name="paper", doc="the paper's reference: every tensor bf16, block outputs cast to bf16, "
                 "bf16 running output and row sums, natural-log domain",
                 domain="ln", stages=PAPER_STAGES, block_m=64, block_n=64, num_warps=4, kernel=kernel,
-                gpu_module="flashbits.gpu.kernels.paper", backward=BACKWARD)
+                gpu_module="flashbits.gpu.kernels.paper", lse_format="bf16", backward=BACKWARD,
+                modes=("paper_code",),
+                # the paper's model calls its attention with 512×512 buckets
+                recipes={"paper_code": dict(block_m=512, block_n=512, paper_code=True)})
