@@ -111,31 +111,30 @@ def _bf16_casts(p):
     return p.count(r"cvt\.rn\.bf16\.f32") + 2 * p.count(r"cvt\.rn\.bf16x2\.f32")
 
 
-@pytest.mark.parametrize("D", [64, 128])
-def test_dkdv_units(D, ptx_of):
-    p = ptx_of("_bwd_dkdv", D)
-    _x_fmas_and_scale_muls(p, D, N1)
+def _units(p, D, rows, wgmmas, casts):
+    """What both gradient kernels share: x and the scale (above), E exp2s of the FTZ
+    kind, no add / division / FTZ fma, ``wgmmas`` k16 wgmmas (each warpgroup runs them
+    on its 64 rows), ``casts`` bf16 conversions, all round to nearest even."""
+    _x_fmas_and_scale_muls(p, D, rows)
     assert p.count(r"ex2\.approx\.ftz\.f32") == E and p.count(r"ex2\.approx\.f32") == 0
     assert p.count(r"add\.f32") == 0 and p.count(r"div\..*\.f32") == 0 and p.count(r"fma\.rn\.ftz.*") == 0
-    # (each warpgroup runs these on its 64 keys) S and dP over d (D/16 each), dV and dK
-    # over the block's rows (M1/16 each)
-    assert p.count(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16") == 2 * (D // 16 + M1 // 16)
-    assert p.count(r"wgmma\.mma_async.*") == 2 * (D // 16 + M1 // 16)
-    assert _bf16_casts(p) == 2 * E + 2 * N1 * D // (32 * WARPS)   # P̃, dS̃; dK, dV
+    assert p.count(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16") == wgmmas
+    assert p.count(r"wgmma\.mma_async.*") == wgmmas
+    assert _bf16_casts(p) == casts
     assert p.count(r"cvt\.r[zmp]\.bf16.*") == 0
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_dkdv_units(D, ptx_of):
+    # S and dP over d (D/16 steps each), dV and dK over the block's rows (M1/16 each);
+    # casts: P̃, dS̃ (E each), dK, dV
+    _units(ptx_of("_bwd_dkdv", D), D, N1, wgmmas=2 * (D // 16 + M1 // 16), casts=2 * E + 2 * N1 * D // (32 * WARPS))
 
 
 @pytest.mark.parametrize("D", [64, 128])
 def test_dq_units(D, ptx_of):
-    p = ptx_of("_bwd_dq", D)
-    _x_fmas_and_scale_muls(p, D, M2)
-    assert p.count(r"ex2\.approx\.ftz\.f32") == E and p.count(r"ex2\.approx\.f32") == 0
-    assert p.count(r"add\.f32") == 0 and p.count(r"div\..*\.f32") == 0 and p.count(r"fma\.rn\.ftz.*") == 0
-    # (each warpgroup runs these on its 64 rows) S and dP over d, dQ over the block's keys
-    assert p.count(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.bf16\.bf16") == 2 * D // 16 + N2 // 16
-    assert p.count(r"wgmma\.mma_async.*") == 2 * D // 16 + N2 // 16
-    assert _bf16_casts(p) == E + M2 * D // (32 * WARPS)             # dS̃; dQ
-    assert p.count(r"cvt\.r[zmp]\.bf16.*") == 0
+    # S and dP over d, dQ over the block's keys; casts: dS̃ (E), dQ
+    _units(ptx_of("_bwd_dq", D), D, M2, wgmmas=2 * D // 16 + N2 // 16, casts=E + M2 * D // (32 * WARPS))
 
 
 @pytest.mark.parametrize("name", ["_bwd_dkdv", "_bwd_dq"])

@@ -22,7 +22,11 @@ passed *into* each dot, never added after it); ``tl.fma`` is ``fma.rn.f32`` (wri
 out, not left to contraction); ``tl.math.exp2`` is ``ex2.approx.ftz.f32`` (the
 forward's exp2 call); ``dP − δ``, ``P·u``, ``dK·s`` are single ``sub``/``mul``
 with nothing after them to contract into; ``.to(tl.bfloat16)`` is ``cvt.rn.bf16.f32``
-and ``_sr_bf16`` the forward's stochastic cast.
+and ``_sr_bf16`` the forward's stochastic cast (tests/test_backward_kernel_ptx.py reads
+all of this in the sm_90 PTX).  Triton writes ``−lse2`` as ``0 − lse2`` (``sub.f32``),
+which differs from a negation only in the sign of a zero result (lse2 = +0 gives +0),
+and fma(S, c, ±0) is the same either way: a nonzero product plus a zero is the product,
+and a zero product is +0·c = +0 (S is never −0: its chain starts from +0).
 
 Masked entries (keys ≥ Nk, rows ≥ Nq, key > query when causal, top-left aligned as
 the forward) get P = dS = +0 by ``tl.where``; out-of-range rows and keys are
@@ -79,10 +83,50 @@ def _bf16_cast(x, seed, offs, SR: tl.constexpr):
 
 
 @triton.jit
-def _bh_of_program(H):
-    """(bh, b, h) of this program (batch·head on grid axis 1, as the forward)."""
+def _program_block(H, N, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """(bh, b, h, offs, offs_d, ok) of this program: its batch·head (grid axis 1, as the
+    forward) and its block of BLOCK rows of N (grid axis 0), those < N ok."""
+    tl.static_assert(BLOCK % 16 == 0)
     bh = tl.program_id(1).to(tl.int64)
-    return bh, bh // H, bh % H
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return bh, bh // H, bh % H, offs, tl.arange(0, HEAD_DIM), offs < N
+
+
+@triton.jit
+def _tile(base, offs_r, offs_d, s_r, s_d, ok):
+    """A (rows, HEAD_DIM) tile of a (seq, dim) operand, rows outside ``ok`` as 0."""
+    return tl.load(base + offs_r[:, None] * s_r + offs_d[None, :] * s_d, mask=ok[:, None], other=0.0)
+
+
+@triton.jit
+def _tile_t(base, offs_r, offs_d, s_r, s_d, ok):
+    """The same tile transposed: (HEAD_DIM, rows)."""
+    return tl.load(base + offs_r[None, :] * s_r + offs_d[:, None] * s_d, mask=ok[None, :], other=0.0)
+
+
+@triton.jit
+def _p_and_ds(s, dp, lse2, delta, valid, qk_scale):
+    """The table's x, P, dP_sub and dS on a tile of scores S and dP, in either orientation
+    (lse2 and δ broadcast along the query axis): x = fma(S, c, −lse2) (one fma.rn),
+    P = ex2.approx.ftz(x), u = fl32(dP − δ), dS = fl32(P·u) with P before its cast; P and
+    dS +0 where masked.  Both kernels call this: the same operations on the same bits."""
+    p = tl.where(valid, tl.math.exp2(tl.fma(s, qk_scale, -lse2)), 0.0)
+    ds = tl.where(valid, p * (dp - delta), 0.0)
+    return p, ds
+
+
+@triton.jit
+def _dump(PD, DSD, words, p, ds, seen):
+    """DUMP: the fp32 P and dS at their flat indices (bh·Nq + i)·Nk + j."""
+    tl.store(PD + words, p, mask=seen)
+    tl.store(DSD + words, ds, mask=seen)
+
+
+@triton.jit
+def _store_grad(base, offs_r, offs_d, s_r, s_d, ok, g, seed, bh, N, HEAD_DIM: tl.constexpr, SR: tl.constexpr):
+    """A gradient tile cast to bf16 (rne or sr, Philox word (bh·N + r)·D + d) and stored."""
+    words = (bh * N + offs_r[:, None]) * HEAD_DIM + offs_d[None, :]
+    tl.store(base + offs_r[:, None] * s_r + offs_d[None, :] * s_d, _bf16_cast(g, seed, words, SR), mask=ok[:, None])
 
 
 @triton.jit(do_not_specialize=["H", "Nq"])
@@ -90,9 +134,7 @@ def _bwd_delta(O, DO, DELTA, sob, soh, som, sod, sdob, sdoh, sdom, sdod, H, Nq,
                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     """δ_i = fma(O_i,D−1, dO_i,D−1, … fma(O_i0, dO_i0, +0)) in fp32, d ascending, one
     column of O and dO at a time; stored at DELTA[bh·Nq + i]."""
-    bh, b, h = _bh_of_program(H)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < Nq
+    bh, b, h, offs_m, _, row_ok = _program_block(H, Nq, BLOCK_M, HEAD_DIM)
     o_rows = O + b * sob + h * soh + offs_m * som
     do_rows = DO + b * sdob + h * sdoh + offs_m * sdom
     delta = tl.zeros([BLOCK_M], tl.float32)
@@ -112,18 +154,12 @@ def _bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, PD, DSD,
               P_SR: tl.constexpr, DS_SR: tl.constexpr, DK_SR: tl.constexpr, DV_SR: tl.constexpr,
               DUMP: tl.constexpr):
     """dK, dV of one key block: query blocks ascending, one wgmma chain each for dV
-    (over i, P̃ᵀ·dO) and dK (over i, dS̃ᵀ·Q), then dK·s and the bf16 casts."""
+    (over i, P̃ᵀ·dO) and dK (over i, dS̃ᵀ·Q), then dK·s and the bf16 casts.  Tiles are
+    transposed, (keys, query rows): Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ."""
     tl.static_assert(BLOCK_M1 % 16 == 0)
-    tl.static_assert(BLOCK_N1 % 16 == 0)
-    bh, b, h = _bh_of_program(H)
-    pid_n = tl.program_id(0)
-    offs_n = pid_n * BLOCK_N1 + tl.arange(0, BLOCK_N1)
-    offs_d = tl.arange(0, HEAD_DIM)
-    key_ok = offs_n < Nk
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :] * skd,
-                mask=key_ok[:, None], other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :] * svd,
-                mask=key_ok[:, None], other=0.0)
+    bh, b, h, offs_n, offs_d, key_ok = _program_block(H, Nk, BLOCK_N1, HEAD_DIM)
+    k = _tile(K + b * skb + h * skh, offs_n, offs_d, skn, skd, key_ok)
+    v = _tile(V + b * svb + h * svh, offs_n, offs_d, svn, svd, key_ok)
     Qb = Q + b * sqb + h * sqh
     DOb = DO + b * sdob + h * sdoh
     dk = tl.zeros([BLOCK_N1, HEAD_DIM], tl.float32)
@@ -131,35 +167,27 @@ def _bwd_dkdv(Q, K, V, DO, LSE2, DELTA, DK, DV, PD, DSD,
     # causal: rows before the block's first key see none of its keys
     lo = 0
     if CAUSAL != 0:
-        lo = (pid_n * BLOCK_N1) // BLOCK_M1
+        lo = (tl.program_id(0) * BLOCK_N1) // BLOCK_M1
     for mb in range(lo, tl.cdiv(Nq, BLOCK_M1)):
         offs_m = mb * BLOCK_M1 + tl.arange(0, BLOCK_M1)
         row_ok = offs_m < Nq
-        qT = tl.load(Qb + offs_m[None, :] * sqm + offs_d[:, None] * sqd, mask=row_ok[None, :], other=0.0)
-        do = tl.load(DOb + offs_m[:, None] * sdom + offs_d[None, :] * sdod, mask=row_ok[:, None], other=0.0)
+        qT = _tile_t(Qb, offs_m, offs_d, sqm, sqd, row_ok)
+        do = _tile(DOb, offs_m, offs_d, sdom, sdod, row_ok)
         lse2 = tl.load(LSE2 + bh * Nq + offs_m, mask=row_ok, other=0.0)
         delta = tl.load(DELTA + bh * Nq + offs_m, mask=row_ok, other=0.0)
-        valid = key_ok[:, None] & row_ok[None, :] & ((CAUSAL == 0) | (offs_n[:, None] <= offs_m[None, :]))
+        seen = key_ok[:, None] & row_ok[None, :]
+        valid = seen & ((CAUSAL == 0) | (offs_n[:, None] <= offs_m[None, :]))
         words = (bh * Nq + offs_m[None, :]) * Nk + offs_n[:, None]
-        # S: (BLOCK_N1, BLOCK_M1), chain over d from +0; x: one fma.rn; P: ex2.approx.ftz
-        qkT = tl.dot(k, qT)
-        pT = tl.math.exp2(tl.fma(qkT, qk_scale, -lse2[None, :]))
-        pT = tl.where(valid, pT, 0.0)
+        # S and dP: chains over d from +0
+        pT, dsT = _p_and_ds(tl.dot(k, qT), tl.dot(v, tl.trans(do)), lse2[None, :], delta[None, :], valid,
+                            qk_scale)
         dv = tl.dot(_bf16_cast(pT, seed_p, words, P_SR), do, dv)
-        # dP = dO·V (chain over d from +0), u = fl32(dP − δ), dS = fl32(P·u) (P before its cast)
-        dpT = tl.dot(v, tl.trans(do))
-        dsT = tl.where(valid, pT * (dpT - delta[None, :]), 0.0)
         dk = tl.dot(_bf16_cast(dsT, seed_ds, words, DS_SR), tl.trans(qT), dk)
         if DUMP:
-            seen = key_ok[:, None] & row_ok[None, :]
-            tl.store(PD + words, pT, mask=seen)
-            tl.store(DSD + words, dsT, mask=seen)
-    dk = dk * scale
-    words_d = (bh * Nk + offs_n[:, None]) * HEAD_DIM + offs_d[None, :]
-    tl.store(DK + b * sdkb + h * sdkh + offs_n[:, None] * sdkn + offs_d[None, :] * sdkd,
-             _bf16_cast(dk, seed_dk, words_d, DK_SR), mask=key_ok[:, None])
-    tl.store(DV + b * sdvb + h * sdvh + offs_n[:, None] * sdvn + offs_d[None, :] * sdvd,
-             _bf16_cast(dv, seed_dv, words_d, DV_SR), mask=key_ok[:, None])
+            _dump(PD, DSD, words, pT, dsT, seen)
+    _store_grad(DK + b * sdkb + h * sdkh, offs_n, offs_d, sdkn, sdkd, key_ok, dk * scale, seed_dk, bh, Nk,
+                HEAD_DIM, DK_SR)
+    _store_grad(DV + b * sdvb + h * sdvh, offs_n, offs_d, sdvn, sdvd, key_ok, dv, seed_dv, bh, Nk, HEAD_DIM, DV_SR)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -171,17 +199,10 @@ def _bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, PD, DSD,
             DS_SR: tl.constexpr, DQ_SR: tl.constexpr, DUMP: tl.constexpr):
     """dQ of one query block: key blocks ascending, recomputing P and dS as
     ``_bwd_dkdv`` does, one wgmma chain over j (dS̃·K), then dQ·s and the bf16 cast."""
-    tl.static_assert(BLOCK_M2 % 16 == 0)
     tl.static_assert(BLOCK_N2 % 16 == 0)
-    bh, b, h = _bh_of_program(H)
-    pid_m = tl.program_id(0)
-    offs_m = pid_m * BLOCK_M2 + tl.arange(0, BLOCK_M2)
-    offs_d = tl.arange(0, HEAD_DIM)
-    row_ok = offs_m < Nq
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None], other=0.0)
-    do = tl.load(DO + b * sdob + h * sdoh + offs_m[:, None] * sdom + offs_d[None, :] * sdod,
-                 mask=row_ok[:, None], other=0.0)
+    bh, b, h, offs_m, offs_d, row_ok = _program_block(H, Nq, BLOCK_M2, HEAD_DIM)
+    q = _tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, sqd, row_ok)
+    do = _tile(DO + b * sdob + h * sdoh, offs_m, offs_d, sdom, sdod, row_ok)
     lse2 = tl.load(LSE2 + bh * Nq + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + bh * Nq + offs_m, mask=row_ok, other=0.0)
     Kb = K + b * skb + h * skh
@@ -190,28 +211,21 @@ def _bwd_dq(Q, K, V, DO, LSE2, DELTA, DQ, PD, DSD,
     # causal: keys after the block's last row are seen by none of its rows
     hi = Nk
     if CAUSAL != 0:
-        hi = tl.minimum(Nk, (pid_m + 1) * BLOCK_M2)
+        hi = tl.minimum(Nk, (tl.program_id(0) + 1) * BLOCK_M2)
     for nb in range(0, tl.cdiv(hi, BLOCK_N2)):
         offs_n = nb * BLOCK_N2 + tl.arange(0, BLOCK_N2)
         key_ok = offs_n < Nk
-        kT = tl.load(Kb + offs_n[None, :] * skn + offs_d[:, None] * skd, mask=key_ok[None, :], other=0.0)
-        vT = tl.load(Vb + offs_n[None, :] * svn + offs_d[:, None] * svd, mask=key_ok[None, :], other=0.0)
-        valid = row_ok[:, None] & key_ok[None, :] & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
+        kT = _tile_t(Kb, offs_n, offs_d, skn, skd, key_ok)
+        vT = _tile_t(Vb, offs_n, offs_d, svn, svd, key_ok)
+        seen = row_ok[:, None] & key_ok[None, :]
+        valid = seen & ((CAUSAL == 0) | (offs_n[None, :] <= offs_m[:, None]))
         words = (bh * Nq + offs_m[:, None]) * Nk + offs_n[None, :]
-        qk = tl.dot(q, kT)
-        p = tl.math.exp2(tl.fma(qk, qk_scale, -lse2[:, None]))
-        p = tl.where(valid, p, 0.0)
-        dp = tl.dot(do, vT)
-        ds = tl.where(valid, p * (dp - delta[:, None]), 0.0)
+        p, ds = _p_and_ds(tl.dot(q, kT), tl.dot(do, vT), lse2[:, None], delta[:, None], valid, qk_scale)
         dq = tl.dot(_bf16_cast(ds, seed_ds, words, DS_SR), tl.trans(kT), dq)
         if DUMP:
-            seen = row_ok[:, None] & key_ok[None, :]
-            tl.store(PD + words, p, mask=seen)
-            tl.store(DSD + words, ds, mask=seen)
-    dq = dq * scale
-    words_d = (bh * Nq + offs_m[:, None]) * HEAD_DIM + offs_d[None, :]
-    tl.store(DQ + b * sdqb + h * sdqh + offs_m[:, None] * sdqm + offs_d[None, :] * sdqd,
-             _bf16_cast(dq, seed_dq, words_d, DQ_SR), mask=row_ok[:, None])
+            _dump(PD, DSD, words, p, ds, seen)
+    _store_grad(DQ + b * sdqb + h * sdqh, offs_m, offs_d, sdqm, sdqd, row_ok, dq * scale, seed_dq, bh, Nq,
+                HEAD_DIM, DQ_SR)
 
 
 KERNELS = {k.__name__: k for k in (_bwd_delta, _bwd_dkdv, _bwd_dq)}
