@@ -3,8 +3,10 @@
 The arithmetic is docs/recipes.md's backward table of the recipe's family (the
 ``fa2`` backward: gpu/kernels/fa2_bwd.py); the forward's tiles, its stage plan and
 its fix do not enter it (the fix reaches the gradients only through ``out`` and
-``lse``).  A family's kernel module names its backward module (``BACKWARD``); a family
-without one (``paper``) has its backward in the emulator only
+``lse``); a Recipe object selects its family, its forward overrides and tiles are
+ignored, as the emulator's backward ignores them.  The family names the module of its backward kernels (``Family.backward.gpu_module``
+where the emulator's families carry their backward; else its kernel module's ``BACKWARD``);
+a family without one (``paper``) has its backward in the emulator only
 (``flashbits.emulator.flash_attention_backward``).
 
 Three launches: δ (``_bwd_delta``), dK and dV (``_bwd_dkdv``), dQ (``_bwd_dq``).
@@ -21,7 +23,7 @@ import numpy as np
 
 from flashbits.emulator.attention.api import stage_seed
 from flashbits.emulator.attention.families import LOG2E
-from flashbits.emulator.attention.recipes import RECIPES, Recipe, get_fix, get_recipe
+from flashbits.emulator.attention.recipes import RECIPES, get_fix, get_recipe
 
 from .attention import (DEFAULT_STAGES, KERNEL_FIXES, _check_device, _interpreter_shims, _require_torch,
                         check_inputs, softmax_scale)
@@ -47,21 +49,22 @@ class GpuBackwardResult:
     ds_dq: object = None
 
 
+def _backward_module_name(rec):
+    bwd = getattr(rec.spec, "backward", None)   # the emulator family's backward, where it has one
+    if bwd is not None:
+        return bwd.gpu_module
+    return getattr(rec.spec.gpu_kernels(), "BACKWARD", None)
+
+
 def backward_module(recipe):
-    """The module of the backward kernels of ``recipe``'s family (a name or a Recipe),
-    or ValueError saying where that family's backward runs."""
+    """The module of the backward kernels of ``recipe``'s family (a name or a Recipe:
+    only its family counts), or ValueError saying where that family's backward runs."""
     rec = get_recipe(recipe)
-    kmod = rec.spec.gpu_kernels()
-    name = getattr(kmod, "BACKWARD", None)
+    name = _backward_module_name(rec)
     if name is None:
-        have = [r for r, x in RECIPES.items() if getattr(x.spec.gpu_kernels(), "BACKWARD", None)]
+        have = [r for r, x in RECIPES.items() if _backward_module_name(x)]
         raise ValueError(f"the {rec.family} recipe's backward runs in the emulator only: {EMULATOR_BACKWARD}; "
                          f"the GPU backward kernels implement recipe {' and '.join(map(repr, have))}")
-    if isinstance(recipe, Recipe) and rec.stages != RECIPES[rec.family].stages:
-        changed = sorted(s for s, st in rec.stages.items() if st != RECIPES[rec.family].stages[s])
-        raise ValueError(f"recipe {rec.name!r} overrides stages {changed}: the backward kernels implement the "
-                         f"{rec.family} backward table only (its casts rne or sr: pass rounding='sr'); "
-                         f"other plans: {EMULATOR_BACKWARD}")
     return importlib.import_module(name)
 
 
@@ -96,7 +99,7 @@ def _tile(name, value, default, accepted):
 
 
 def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None, causal=False, scale=None,
-                             rounding="rne", seed=0, dump=False, block_m1=None, block_n1=None, block_m2=None,
+                             rounding=None, seed=None, dump=False, block_m1=None, block_n1=None, block_m2=None,
                              block_n2=None, num_warps=None, num_stages=DEFAULT_STAGES) -> GpuBackwardResult:
     """dQ, dK, dV (and δ) of attention on the GPU with the recipe family's backward
     arithmetic (docs/recipes.md, "The backward pass"), the same op sequence as
@@ -106,8 +109,9 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
     lengths may differ; out and lse (nats, (B, H, Nq), float32 or float64) from the
     forward (``gpu.flash_attention`` or the emulator).  ``fix``: None or ``"paper"``,
     accepted and ignored (it does not enter the backward's arithmetic).
-    ``rounding``: ``"rne"`` or ``"sr"``, for the casts P_cast, dS_cast, dQ_cast, dK_cast,
-    dV_cast together; sr's Philox key of stage X is ``stage_seed(seed, "backward." + X)``.
+    ``rounding``: ``"rne"`` (or None, the table's plan) or ``"sr"``, for the casts P_cast,
+    dS_cast, dQ_cast, dK_cast, dV_cast together; sr needs ``seed``, and its Philox key of
+    stage X is ``stage_seed(seed, "backward." + X)`` (as the emulator's).
     ``dump``: also the fp32 P and dS of both kernels (:class:`GpuBackwardResult`).
     Tiles (``block_m1``, ``block_n1``: the dK/dV kernel's query rows × keys;
     ``block_m2``, ``block_n2``: the dQ kernel's; 16 to 128), ``num_warps`` (4, 8) and
@@ -124,6 +128,7 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
         accepted = " and ".join(["fix=None"] + [f"fix={f!r}" for f in KERNEL_FIXES])
         raise ValueError(f"the GPU kernels implement {accepted}; fix={fx.name!r} runs in the emulator only "
                          f"({EMULATOR_BACKWARD}); the fix does not enter the backward's arithmetic")
+    rounding = "rne" if rounding is None else rounding
     if rounding not in BACKWARD_ROUNDINGS:
         raise ValueError(f"rounding must be one of {BACKWARD_ROUNDINGS} (for the backward's casts "
                          f"{', '.join(kmod.SR_STAGES)} together), got {rounding!r}")
