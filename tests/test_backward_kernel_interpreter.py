@@ -19,7 +19,7 @@ the H200 against the emulator (tests/gpu/test_backward_kernel.py).  Here:
 
 from __future__ import annotations
 
-from interpreted_triton import interpret, torch, triton  # noqa: F401 (first: sets TRITON_INTERPRET)
+from interpreted_triton import interpret, torch  # noqa: F401 (first: sets TRITON_INTERPRET)
 
 import math
 

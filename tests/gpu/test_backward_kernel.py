@@ -5,7 +5,8 @@
 * every shape below (odd lengths, Nq != Nk, one row / one key, both head dims, causal
   and not, B·H > 1) × fix None / paper (the fix changes the forward's out and lse, which
   the backward reads) × rne / sr: the raw bits of every element equal (NaN payloads
-  aside: NaN matches NaN);
+  aside: NaN matches NaN), and with both dump launches the fp32 P and dS before their
+  casts (the emulator's ``dump=True``: +0 where masked, as the kernels' zero-filled dumps);
 * the bits do not depend on the launch: the dump launch, other tiles, warps and
   pipelining depths give the production launch's bits (docs/recipes.md: a chain split
   over several ``tl.dot`` calls is the same chain), and the dQ kernel recomputes the
@@ -29,6 +30,7 @@ SHAPES = [(1, 2, 1, 1, 64, False), (1, 2, 17, 80, 64, True), (2, 3, 80, 17, 64, 
 CONFIGS = [(fix, rounding) for fix in (None, "paper") for rounding in ("rne", "sr")]
 SEED = 7
 GRADS = ("dq", "dk", "dv", "delta")
+DUMPS = ("p", "ds")   # fp32 (B, H, Nq, Nk)
 
 
 def _problem(B, H, Nq, Nk, D, causal, fix, rounding, seed):
@@ -71,14 +73,14 @@ def _is_nan(bits):
     return np.isnan(f)
 
 
-def _mismatch(name, got, want):
+def _mismatch(name, got, want, sides=("kernel", "emulator")):
     """None, or where and how raw bits differ (NaN matches NaN whatever its payload)."""
     bad = (got != want) & ~(_is_nan(got) & _is_nan(want))
     if not bad.any():
         return None
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
     return (f"{name}: {int(bad.sum())} of {bad.size} elements differ; first at {idx}: "
-            f"kernel 0x{int(got[idx]):x}, emulator 0x{int(want[idx]):x}")
+            f"{sides[0]} 0x{int(got[idx]):x}, {sides[1]} 0x{int(want[idx]):x}")
 
 
 def _on_cpu(t):
@@ -94,11 +96,13 @@ def test_backward_matches_the_emulator_bit_for_bit(fix, rounding):
     for n, (B, H, Nq, Nk, D, causal) in enumerate(SHAPES):
         pb = _problem(B, H, Nq, Nk, D, causal, fix, rounding, seed=100 + n)
         kw = dict(recipe="fa2", fix=fix, causal=causal, scale=None, rounding=rounding, seed=SEED)
-        got = flash_attention_backward(pb["q"], pb["k"], pb["v"], pb["out"], pb["lse"], pb["dout"], **kw)
-        want = emu_backward(*(_on_cpu(pb[x]) for x in ("q", "k", "v", "out", "lse", "dout")), record=False, **kw)
-        for name in GRADS:
+        got = flash_attention_backward(pb["q"], pb["k"], pb["v"], pb["out"], pb["lse"], pb["dout"], dump=True,
+                                       **kw)
+        want = emu_backward(*(_on_cpu(pb[x]) for x in ("q", "k", "v", "out", "lse", "dout")), record=False,
+                            dump=True, **kw)
+        for name in ("delta",) + DUMPS + ("dv", "dk", "dq"):   # earliest stage first
             g = _gpu_bits(getattr(got, name))
-            w = _emulator_bits(getattr(want, name), bf16=name != "delta")
+            w = _emulator_bits(getattr(want, name), bf16=name in ("dq", "dk", "dv"))
             assert g.shape == w.shape, (name, g.shape, w.shape)
             elements += g.size
             bad = _mismatch(name, g, w)
@@ -126,13 +130,15 @@ def test_bits_do_not_depend_on_the_launch(rounding):
         prod = flash_attention_backward(*args, **kw)
         dump = flash_attention_backward(*args, dump=True, **kw)
         for name in GRADS:
-            assert _mismatch(name, _gpu_bits(getattr(dump, name)), _gpu_bits(getattr(prod, name))) is None, \
-                f"{what}: dump launch"
+            bad = _mismatch(name, _gpu_bits(getattr(dump, name)), _gpu_bits(getattr(prod, name)),
+                            ("dump launch", "production launch"))
+            assert bad is None, f"{what}: {bad}"
         for a, b in (("p_dq", "p"), ("ds_dq", "ds")):
-            bad = _mismatch(a, _gpu_bits(getattr(dump, a)), _gpu_bits(getattr(dump, b)))
+            bad = _mismatch(a, _gpu_bits(getattr(dump, a)), _gpu_bits(getattr(dump, b)), ("dQ kernel", "dK/dV kernel"))
             assert bad is None, f"{what}: the dQ kernel's {b} is not the dK/dV kernel's: {bad}"
         for launch in LAUNCHES:
             other = flash_attention_backward(*args, **kw, **launch)
             for name in GRADS:
-                bad = _mismatch(name, _gpu_bits(getattr(other, name)), _gpu_bits(getattr(prod, name)))
+                bad = _mismatch(name, _gpu_bits(getattr(other, name)), _gpu_bits(getattr(prod, name)),
+                                ("this launch", "default launch"))
                 assert bad is None, f"{what}: {launch} against the default launch: {bad}"
