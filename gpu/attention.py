@@ -145,12 +145,33 @@ def check_inputs(q, k, v, num_stages):
     return B, H, Nq, Nk, D, stages
 
 
-def _check_device(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
+def _check_device(tensors: dict, emulator="emulator.flash_attention"):
+    """RuntimeError unless every named tensor is on a CUDA GPU (or the Triton interpreter
+    runs the kernels); ``emulator`` names the emulator function that runs without one."""
+    for name, t in tensors.items():
         if not t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(f"{name} is on {t.device}; the kernels need a CUDA GPU. Without one, run "
-                               "the same recipe in the emulator (emulator.flash_attention) or replay a "
+                               f"the same recipe in the emulator ({emulator}) or replay a "
                                "golden record (crosscheck --replay FILE)")
+
+
+def _interpreter_shims():
+    """Under TRITON_INTERPRET=1 (CPU semantics tests), the interpreter fixes of
+    gpu/interpreter_compat.py; nothing on a GPU."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from . import interpreter_compat
+
+        interpreter_compat.apply()
+
+
+def softmax_scale(scale, D: int) -> float:
+    """The softmax scale as a float (None: 1/sqrt(D)), or ValueError unless positive and finite."""
+    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not (math.isfinite(sc) and sc > 0):
+        # the kernels take the block max of the unscaled scores (max(s)·c is the
+        # max of s·c only for c > 0), and the emulator refuses the same values
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return sc
 
 
 @dataclass
@@ -177,12 +198,7 @@ def plan_launch(rec: Recipe, fix, D: int, scale, seed, num_stages=DEFAULT_STAGES
     sr = [(stage, flags[flag]) for stage, (flag, _) in kmod.SR_STAGES.items()]
     if any(on for _, on in sr) and seed is None:
         raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)")
-    sc = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    if not (math.isfinite(sc) and sc > 0):
-        # the kernels take the block max of the unscaled scores (max(s)·c is the
-        # max of s·c only for c > 0), and the emulator refuses the same values
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    ks = rec.scalars(sc, fix)
+    ks = rec.scalars(softmax_scale(scale, D), fix)
     return KernelLaunch(rec=rec, kernel=kmod.KERNEL, scalars=(ks.qk_scale, ks.eps, ks.beta),
                         seeds=tuple(stage_seed(seed, stage) if on else 0 for stage, on in sr),
                         constexprs=dict(HEAD_DIM=D, BLOCK_M=rec.block_m, BLOCK_N=rec.block_n, **flags),
@@ -209,10 +225,7 @@ def launch(plan: KernelLaunch, q, k, v, causal=False, dump=False) -> GpuAttentio
     else:
         mb = lb = acc = m  # never written (DUMP=False)
     grid = (triton.cdiv(Nq, rec.block_m), B * H)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        from . import interpreter_compat
-
-        interpreter_compat.apply()
+    _interpreter_shims()
     plan.kernel[grid](q, k, v, out, m, l, mb, lb, acc,
                       *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                       H, Nq, Nk, nblk, *plan.scalars, *plan.seeds,
@@ -242,5 +255,5 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
                                         num_warps=num_warps)
     fx = get_fix(fix, eps, beta)
     plan = plan_launch(rec, fx, D, scale, seed, stages)
-    _check_device(q, k, v)
+    _check_device({"q": q, "k": k, "v": v})
     return launch(plan, q, k, v, causal=causal, dump=dump)

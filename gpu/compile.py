@@ -13,11 +13,11 @@ import inspect
 import os
 import re
 
-__all__ = ["compile_kernel", "runtime_params", "ptxas_report", "wgmma_serialised", "sass_text", "sass_loops",
+__all__ = ["compile_kernel", "compile_with", "runtime_params", "ptxas_report", "wgmma_serialised", "sass_text", "sass_loops",
            "UNIT_STRIDES"]
 
-PTR_BF16 = {"Q", "K", "V", "O"}
-PTR_F32 = {"M", "L", "MB", "LB", "ACC"}
+PTR_BF16 = {"Q", "K", "V", "O", "DO", "DQ", "DK", "DV"}
+PTR_F32 = {"M", "L", "MB", "LB", "ACC", "LSE2", "DELTA", "PD", "DSD"}
 FLOAT_ARGS = {"qk_scale", "eps2", "beta", "scale", "eps", "delta", "delta2"}
 
 
@@ -26,11 +26,12 @@ FLOAT_ARGS = {"qk_scale", "eps2", "beta", "scale", "eps", "delta", "delta2"}
 # Triton's JIT turns an int argument equal to 1 into a constexpr (the last-dim
 # strides) and marks pointers and ints divisible by 16 (the other strides; every
 # torch allocation is 16-byte aligned) with tt.divisibility.  Lengths, flags and
-# seeds are exempt (flashbits.gpu.kernels.common._NO_SPEC).  Without this the loads compile to
+# seeds are exempt (flashbits.gpu.kernels.common._NO_SPEC, fa2_bwd._NO_SPEC); the
+# backward kernels' strides of dO, dQ, dK, dV follow the same rule.  Without this the loads compile to
 # 2-byte scalar accesses and the register counts are those of a kernel that
 # never runs.
-UNIT_STRIDES = ("sqd", "skd", "svd", "sod")
-_DIV16_STRIDE = re.compile(r"s[qkvo][bhmn]")
+UNIT_STRIDES = ("sqd", "skd", "svd", "sod", "sdod", "sdqd", "sdkd", "sdvd")
+_DIV16_STRIDE = re.compile(r"s(?:[qkvo]|d[oqkv])[bhmn]")
 
 
 def _kernel(kernel):
@@ -57,6 +58,14 @@ def compile_kernel(kernel, D, BM, BN, warps, stages, fix=False, psr=False, osr=F
     kernels' arguments, e.g. an experiment's), specialised as a launch on
     contiguous tensors specialises it (UNIT_STRIDES).  ``extra``: values of further
     constexprs (those with defaults may be left out)."""
+    consts = dict(HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, FIX=fix, P_SR=psr, O_SR=osr, DUMP=dump, **(extra or {}))
+    return compile_with(kernel, consts, warps, stages)
+
+
+def compile_with(kernel, consts, warps, stages):
+    """:func:`compile_kernel` with the constexprs given as a dict (any kernel of
+    flashbits.gpu.kernels.KERNELS, e.g. the backward kernels, whose tiles have other
+    names); constexprs with defaults may be left out."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter cannot compile for sm_90")
     import triton
@@ -65,7 +74,7 @@ def compile_kernel(kernel, D, BM, BN, warps, stages, fix=False, psr=False, osr=F
 
     fn = _kernel(kernel)
     name = getattr(fn, "__name__", str(kernel))
-    consts = dict(HEAD_DIM=D, BLOCK_M=BM, BLOCK_N=BN, FIX=fix, P_SR=psr, O_SR=osr, DUMP=dump, **(extra or {}))
+    consts = dict(consts)
     sig = {}
     attrs = {}
     for i, p in enumerate(fn.params):

@@ -15,59 +15,22 @@ half ulp); what must match exactly is everything that is not arithmetic:
   fix None / paper, rne / sr.
 
 TRITON_INTERPRET must be set before triton and gpu.kernels (the package and its
-family modules) are imported; when another test module imported them first, they
-are reloaded here so that their kernels are interpreted functions.
+family modules) are imported: tests/interpreted_triton.py, imported first, sets it
+and reimports them when another test module imported them first.
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from interpreted_triton import interpret, torch, triton  # noqa: F401 (first: sets TRITON_INTERPRET)
 
-os.environ["TRITON_INTERPRET"] = "1"
+import numpy as np
+import pytest
+import triton.language as tl
 
-import importlib  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-torch = pytest.importorskip("torch")
-triton = pytest.importorskip("triton")
-
-import triton.language as tl  # noqa: E402
-from triton.runtime.jit import JITFunction  # noqa: E402
-
-if any(isinstance(f, JITFunction) for f in vars(importlib.import_module("triton.language.standard")).values()):
-    # triton was imported before TRITON_INTERPRET was set (its library functions are
-    # compiled-mode JITFunctions, which the interpreter cannot call): import it afresh
-    # (the compiled extension triton._C stays: it cannot be loaded twice)
-    for _m in [m for m in sys.modules if (m == "triton" or m.startswith(("triton.", "flashbits.gpu.kernels")))
-               and not m.startswith("triton._C")]:
-        del sys.modules[_m]
-    import triton  # noqa: E402
-
-import flashbits.gpu as gpu  # noqa: E402
-import flashbits.gpu.interpreter_compat  # noqa: E402
-import flashbits.gpu.kernels  # noqa: E402
-import flashbits.gpu.kernels.common  # noqa: E402
-import flashbits.gpu.kernels.fa2  # noqa: E402
-import flashbits.gpu.kernels.paper  # noqa: E402
-from triton.runtime.interpreter import InterpretedFunction  # noqa: E402
-
-from attention_bounds import U, error_bound  # noqa: E402
-from flashbits.emulator import flash_attention as emu_flash_attention  # noqa: E402
-from flashbits.emulator import quantize, reference_attention  # noqa: E402
-
-if not isinstance(gpu.kernels.fa2.KERNEL, InterpretedFunction):
-    for _m in (gpu.kernels.common, gpu.kernels.fa2, gpu.kernels.paper, gpu.kernels):
-        importlib.reload(_m)
-assert all(isinstance(f, InterpretedFunction) for f in (gpu.kernels.fa2.KERNEL, gpu.kernels.paper.KERNEL))
-
-
-@pytest.fixture(autouse=True)
-def _interpret(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-
+import flashbits.gpu as gpu
+from attention_bounds import U, error_bound
+from flashbits.emulator import flash_attention as emu_flash_attention
+from flashbits.emulator import quantize, reference_attention
 
 # (Nq, Nk, D): odd lengths, one-row and one-key problems, more key blocks than a causal row visits
 # (150, 200): causal row tiles past the first, whose blocks below the diagonal take the

@@ -19,11 +19,14 @@ give the same bits (crosscheck checks both).
 
 Modules: ``common`` (the casts, row tile and epilogue both kernels share),
 ``fa2`` and ``paper`` (one family each: ``KERNEL``, the Triton kernel;
-``SR_STAGES``, the stages whose rounding its constexprs switch; ``FIXES``).  A family
+``SR_STAGES``, the stages whose rounding its constexprs switch; ``FIXES``; where the
+family has GPU backward kernels, ``BACKWARD``, their module: ``fa2_bwd``).  A family
 (flashbits.emulator.attention.families) names its module here (``gpu_module``).
 """
 
 from __future__ import annotations
+
+import importlib
 
 from flashbits.emulator.attention.families import FAMILIES
 
@@ -33,5 +36,8 @@ from .paper import _paper_fwd
 # every production kernel by name (flashbits.gpu.compile, the PTX tests), from the one
 # registry of families: a new family's kernel is found here without another line
 KERNELS = {k.__name__: k for k in (f.gpu_kernels().KERNEL for f in FAMILIES.values())}
+# and the backward kernels of the families that have them (a module's BACKWARD)
+for _bwd in {getattr(f.gpu_kernels(), "BACKWARD", None) for f in FAMILIES.values()} - {None}:
+    KERNELS.update(importlib.import_module(_bwd).KERNELS)
 
 __all__ = ["KERNELS", "_fa2_fwd", "_paper_fwd"]
