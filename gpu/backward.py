@@ -4,14 +4,13 @@ The arithmetic is docs/recipes.md's backward table of the recipe's family (the
 ``fa2`` backward: gpu/kernels/fa2_bwd.py); the forward's tiles, its stage plan and
 its fix do not enter it (the fix reaches the gradients only through ``out`` and
 ``lse``); a Recipe object selects its family, its forward overrides and tiles are
-ignored, as the emulator's backward ignores them.  The family names the module of its backward kernels (``Family.backward.gpu_module``
-where the emulator's families carry their backward; else its kernel module's ``BACKWARD``);
+ignored, as the emulator's backward ignores them.  The family names the module of its backward kernels (``Family.backward.gpu_module``);
 a family without one (``paper``) has its backward in the emulator only
 (``flashbits.emulator.flash_attention_backward``).
 
 Three launches: δ (``_bwd_delta``), dK and dV (``_bwd_dkdv``), dQ (``_bwd_dq``).
-``lse2 = fl32(lse·log2 e)`` is computed here in float64 from the given lse (nats)
-and rounded once, as the emulator does.
+``lse2 = fl32(lse·log2 e)`` is the family's ``Backward.lse_operand`` of the given lse
+(nats), the emulator's own function, on the host.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from flashbits.emulator.attention.api import stage_seed
-from flashbits.emulator.attention.families import LOG2E
 from flashbits.emulator.attention.recipes import RECIPES, get_fix, get_recipe
 
 from .attention import (DEFAULT_STAGES, KERNEL_FIXES, _check_device, _interpreter_shims, _require_torch,
@@ -50,10 +48,9 @@ class GpuBackwardResult:
 
 
 def _backward_module_name(rec):
-    bwd = getattr(rec.spec, "backward", None)   # the emulator family's backward, where it has one
-    if bwd is not None:
-        return bwd.gpu_module
-    return getattr(rec.spec.gpu_kernels(), "BACKWARD", None)
+    """The family's backward kernel module (Family.backward.gpu_module), or None."""
+    bwd = rec.spec.backward
+    return None if bwd is None else bwd.gpu_module
 
 
 def backward_module(recipe):
@@ -150,8 +147,10 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
 
     dev = q.device
     BH = B * H
-    # lse2 = fl32(lse · log2 e): a float64 product, rounded once
-    lse2 = (lse.to(torch.float64) * LOG2E).to(torch.float32).reshape(BH, Nq).contiguous()
+    # the family's lse operand (fa2: fl32(lse · log2 e), a float64 product rounded once),
+    # computed by the same function as the emulator's, on the host
+    lse2 = torch.from_numpy(rec.spec.backward.lse_operand(lse.detach().double().cpu().numpy()).astype("float32"))
+    lse2 = lse2.to(q.device).reshape(BH, Nq).contiguous()
     delta = torch.empty((BH, Nq), device=dev, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if dump:

@@ -19,10 +19,6 @@ from .common import _NO_SPEC, _finish_tile, _p_cast, _row_tile
 # what the launcher reads from a family module besides KERNEL (both kernels switch the same casts)
 from .common import FIXES, SR_RAND_BITS, SR_STAGES  # noqa: F401
 
-# the module of the family's backward kernels (flashbits.gpu.flash_attention_backward);
-# a family module without BACKWARD has its backward in the emulator only
-BACKWARD = "flashbits.gpu.kernels.fa2_bwd"
-
 
 @triton.jit
 def _top2_combine(a1, a2, b1, b2):
