@@ -1,4 +1,4 @@
-"""Triton forward kernels of the recipe families (docs/recipes.md), one module per family.
+"""Triton kernels of the recipe families (docs/recipes.md), one module per family.
 
 Each kernel is the recipe's op sequence, written so that the compiled code
 performs exactly the roundings the emulator models:
@@ -19,9 +19,10 @@ give the same bits (crosscheck checks both).
 
 Modules: ``common`` (the casts, row tile and epilogue both kernels share),
 ``fa2`` and ``paper`` (one family each: ``KERNEL``, the Triton kernel;
-``SR_STAGES``, the stages whose rounding its constexprs switch; ``FIXES``; where the
-family has GPU backward kernels, ``BACKWARD``, their module: ``fa2_bwd``).  A family
-(flashbits.emulator.attention.families) names its module here (``gpu_module``).
+``SR_STAGES``, the stages whose rounding its constexprs switch; ``FIXES``), and
+``fa2_bwd``, the fa2 family's backward kernels.  A family
+(flashbits.emulator.attention.families) names its modules here (``gpu_module``, and
+``backward.gpu_module`` where it has GPU backward kernels).
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from .paper import _paper_fwd
 # every production kernel by name (flashbits.gpu.compile, the PTX tests), from the one
 # registry of families: a new family's kernel is found here without another line
 KERNELS = {k.__name__: k for k in (f.gpu_kernels().KERNEL for f in FAMILIES.values())}
-# and the backward kernels of the families that have them (a module's BACKWARD)
-for _bwd in {getattr(f.gpu_kernels(), "BACKWARD", None) for f in FAMILIES.values()} - {None}:
+# and the backward kernels of the families that have them (Family.backward.gpu_module)
+for _bwd in sorted({f.backward.gpu_module for f in FAMILIES.values() if f.backward} - {None}):
     KERNELS.update(importlib.import_module(_bwd).KERNELS)
 
 __all__ = ["KERNELS", "_fa2_fwd", "_paper_fwd"]
