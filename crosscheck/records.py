@@ -19,6 +19,10 @@ part            steps and what they write
                 crosscheck, rne and sr, production and dump launches, ``--cases``
                 (default 1000) cases per configuration, 3 kept per configuration in
                 ``attention_golden.npz`` (``OUT/attention/<step>/``)
+``backward``    one step per kernel fix (``fa2nofix``, ``fa2fix``): ``crosscheck
+                --backward`` of every recipe with backward kernels (fa2), rne and sr,
+                production and dump launches, ``--cases`` cases, 3 kept per
+                configuration in ``backward_golden.npz`` (``OUT/backward/<step>/``)
 ``bias``        ``crosscheck.bias_confirm``: every kernel cell of the bias study
 ``tiles``       one step per recipe: every other tile the kernels accept
                 (``sides.other_tiles``), no fix with rne and the paper fix with sr
@@ -45,8 +49,9 @@ installs it into ``tests/data/hw/``:
   ``emulator/hw/data/sfu_exp2_sm90.npz`` (only the 2^F entries the model reads,
   delta-coded);
 * each crosscheck folder's report as ``crosscheck/<step>.{md,json}`` (tile runs:
-  ``crosscheck/tiles_<step>``), their records merged into
-  ``attention_golden.npz`` or ``attention_tiles_golden.npz`` (entries of
+  ``crosscheck/tiles_<step>``, backward runs ``crosscheck/backward_<step>``), their
+  records merged into ``attention_golden.npz``, ``attention_tiles_golden.npz`` or
+  ``backward_golden.npz`` (entries of
   configurations not installed now are kept; provenance: the first run's, with
   every run's under ``runs``);
 * the bias files as they are; ``bench.json`` as
@@ -73,7 +78,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)  # the repository root when run from a checkout
 PROBE_RECORDS = ("exp2_golden.npz", "dot_golden.npz", "casts_golden.npz")
-PARTS = ("exp2", "exp2_verify", "dots", "casts", "attention", "bias", "tiles", "bench")
+PARTS = ("exp2", "exp2_verify", "dots", "casts", "attention", "backward", "bias", "tiles", "bench")
 MANIFEST = "manifest.json"
 
 # Seconds per step on the H200 host (16 cores), from the installed records: the
@@ -82,12 +87,13 @@ MANIFEST = "manifest.json"
 # cases; the steps' provenance dates lie 3-3.7 min apart); bias: `seconds` of
 # bias_gpu_confirmation.json; tiles: the slower of the two side-by-side
 # configurations' sums in crosscheck/tiles_*.json (the fa2 step's dates: 7.5 min);
-# bench: not recorded (it ran under a 300 s cap).  Each adds ~20 s of start-up.
-ESTIMATE_S = {"exp2": 70, "exp2_verify": 50, "dots": 30, "casts": 135, "attention": 220, "bias": 60,
-              "tiles": 450, "bench": 300}
+# bench: not recorded (it ran under a 300 s cap); backward: not yet run (a guess: the
+# emulator's backward costs about 4 forwards).  Each adds ~20 s of start-up.
+ESTIMATE_S = {"exp2": 70, "exp2_verify": 50, "dots": 30, "casts": 135, "attention": 220, "backward": 500,
+              "bias": 60, "tiles": 450, "bench": 300}
 # a step is killed after this many seconds (a hung compile must not eat the call)
-CAP_S = {"exp2": 300, "exp2_verify": 300, "dots": 300, "casts": 400, "attention": 540, "bias": 300,
-         "tiles": 570, "bench": 300}
+CAP_S = {"exp2": 300, "exp2_verify": 300, "dots": 300, "casts": 400, "attention": 540, "backward": 570,
+         "bias": 300, "tiles": 570, "bench": 300}
 # the tile steps' two configurations: (fix, rounding), run side by side
 TILE_CONFIGS = ((None, "rne"), ("paper", "sr"))
 ATTENTION_CASES, TILE_CASES = 1000, 48
@@ -123,6 +129,7 @@ class Step:
 
 def plan(out: str, cases: int | None = None, workers: int | None = None, python: str = sys.executable) -> list:
     """Every step of a full regeneration, in order."""
+    from flashbits.emulator import RECIPES
     from flashbits.gpu.attention import KERNEL_RECIPES
 
     from .sides import KERNEL_FIXES, other_tiles
@@ -142,6 +149,14 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
                  "--fixes", fix or "none", "--cases", str(cases or ATTENTION_CASES), "--workers", str(workers),
                  "--out", os.path.join(out, d), "--record", os.path.join(out, d), "--record-cases", "3"],
                 os.path.join(d, "log.txt"))]))
+    bwd_recipes = [r for r in KERNEL_RECIPES if RECIPES[r].spec.backward and RECIPES[r].spec.backward.gpu_module]
+    for fix in KERNEL_FIXES:
+        d = os.path.join("backward", f"{'_'.join(bwd_recipes)}{fix_label(fix)}")
+        steps.append(Step("backward", os.path.basename(d), d, [(
+            [python, "-m", "flashbits.crosscheck.cli", "crosscheck", "--backward", "--recipes", ",".join(bwd_recipes),
+             "--fixes", fix or "none", "--cases", str(cases or ATTENTION_CASES), "--workers", str(workers),
+             "--out", os.path.join(out, d), "--record", os.path.join(out, d), "--record-cases", "3"],
+            os.path.join(d, "log.txt"))]))
     d = "bias"
     steps.append(Step("bias", "bias", d, [([python, "-m", "flashbits.crosscheck.bias_confirm",
                                             os.path.join(out, d, "bias_gpu_confirmation.json"),
@@ -430,7 +445,8 @@ def _cfg_key(cfg) -> str:
     return json.dumps(cfg.to_dict(), sort_keys=True)
 
 
-def install_crosscheck(dirs, repo: str, *, record: str, prefix: str, log=print) -> None:
+def install_crosscheck(dirs, repo: str, *, record: str, prefix: str, log=print, source: str = "attention_golden.npz"
+                       ) -> None:
     """Reports as tests/data/hw/crosscheck/<prefix><step>.{md,json}; the steps' records
     merged into tests/data/hw/<record>, keeping the entries of configurations not
     installed now."""
@@ -446,7 +462,7 @@ def install_crosscheck(dirs, repo: str, *, record: str, prefix: str, log=print) 
             if os.path.exists(os.path.join(d, f"crosscheck.{ext}")):
                 shutil.copy(os.path.join(d, f"crosscheck.{ext}"), os.path.join(reports, f"{prefix}{step}.{ext}"))
         log(f"installed tests/data/hw/crosscheck/{prefix}{step}.md, .json")
-        rec = os.path.join(d, "attention_golden.npz")
+        rec = os.path.join(d, source)
         if os.path.exists(rec):
             ents, prov = load_record(rec)
             entries += ents
@@ -485,10 +501,14 @@ def install(outdirs, repo: str | None = None, log=print) -> dict:
                                 "reports, bias or bench files)")
     if found["probes"]:
         install_probes(found["probes"], repo, log)
-    attention, tiles = [], []
+    attention, tiles, backward = [], [], []
     for d in found["crosscheck"]:
         with open(os.path.join(d, "crosscheck.json")) as f:
-            (tiles if _is_tile_report(json.load(f)) else attention).append(d)
+            report = json.load(f)
+        (backward if report.get("pass") == "backward" else tiles if _is_tile_report(report) else attention).append(d)
+    if backward:
+        install_crosscheck(backward, repo, record="backward_golden.npz", prefix="backward_", log=log,
+                           source="backward_golden.npz")
     if attention:
         install_crosscheck(attention, repo, record="attention_golden.npz", prefix="", log=log)
     if tiles:
