@@ -6,6 +6,7 @@ skipped without CUDA by tests/conftest.py).
   adversarial kinds, both head dims, causal and not, odd lengths) through
   crosscheck.runner.crosscheck_config, production and dump launches, 0
   mismatching elements;
+* the same through the backward kernels (δ, dV, dK, dQ; dump: P, dS);
 * the kernels refuse bad inputs on the GPU with errors that say what is wrong;
 * the golden records of tests/data/hw/ replayed against the live GPU: today's
   kernels write the recorded bits.
@@ -62,6 +63,26 @@ def test_kernels_match_the_emulator_bit_for_bit(recipe, fix, rounding, cases):
         assert s[launch]["cases"] == len(cases)
         # the compared tensors are the recipe's, every one of them present on both sides
         assert tuple(s[launch]["tensors"]) == get_recipe(recipe).compared_tensors[launch]
+        assert s[launch]["mismatches"] == 0, _first_mismatch(s, launch)
+
+
+BACKWARD_RECIPES = [r for r in KERNEL_RECIPES if get_recipe(r).spec.backward
+                    and get_recipe(r).spec.backward.gpu_module]
+
+
+@pytest.mark.parametrize("rounding", ["rne", "sr"])
+@pytest.mark.parametrize("fix", KERNEL_FIXES, ids=lambda f: f or "nofix")
+@pytest.mark.parametrize("recipe", BACKWARD_RECIPES)
+def test_backward_kernels_match_the_emulator_bit_for_bit(recipe, fix, rounding, cases):
+    """The same suite through the backward pass (crosscheck --backward): δ, dV, dK, dQ, and
+    with the dump launch P and dS, on the GPU forward's out and lse and a seeded dO."""
+    from flashbits.crosscheck.runner import crosscheck_config
+
+    cfg = Config(recipe=recipe, fix=fix, rounding=rounding, seed=0)
+    s = crosscheck_config(cases, cfg, dump_launch=True, workers=WORKERS, log=lambda *_: None, pass_name="backward")
+    for launch in ("production", "dump"):
+        assert s[launch]["cases"] == len(cases)
+        assert tuple(s[launch]["tensors"]) == get_recipe(recipe).spec.backward.compared[launch]
         assert s[launch]["mismatches"] == 0, _first_mismatch(s, launch)
 
 
