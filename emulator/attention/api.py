@@ -94,17 +94,22 @@ def _check_inputs(q, k, v):
                          "(the GPU kernels accept 64 and 128)")
     if Nq < 1 or k4.shape[2] < 1:
         raise ValueError(f"sequence lengths must be >= 1; got q {Nq}, k {k4.shape[2]}")
-    for name, a in (("q", q4), ("k", k4), ("v", v4)):
-        a32 = a.astype(np.float32)
-        if a.dtype == np.float64 and not np.array_equal(a32.astype(np.float64), a, equal_nan=True):
-            raise ValueError(f"{name} holds values that are not float32, let alone bf16; "
-                             f"round them first: emulator.quantize({name}, 'bf16')")
-        bad = quantize(a32, INPUT_FORMAT, "rne")
-        same = (bad.view(np.uint32) == a32.view(np.uint32)) | (np.isnan(bad) & np.isnan(a32))
-        if not same.all():
-            raise ValueError(f"{int((~same).sum())} values of {name} are not representable in "
-                             f"{INPUT_FORMAT}; round them first: emulator.quantize({name}, '{INPUT_FORMAT}')")
-    return q4.astype(np.float32), k4.astype(np.float32), v4.astype(np.float32), squeeze
+    return (*(as_input_values(a, name) for name, a in (("q", q4), ("k", k4), ("v", v4))), squeeze)
+
+
+def as_input_values(a: np.ndarray, name: str, why: str = "") -> np.ndarray:
+    """``a`` as float32, or ValueError unless every value is a bf16 value (the kernels'
+    input format; NaN of any payload passes).  ``why`` is added to the message."""
+    a32 = a.astype(np.float32)
+    if a.dtype == np.float64 and not np.array_equal(a32.astype(np.float64), a, equal_nan=True):
+        raise ValueError(f"{name} holds values that are not float32, let alone bf16; "
+                         f"round them first: emulator.quantize({name}, 'bf16')")
+    bad = quantize(a32, INPUT_FORMAT, "rne")
+    same = (bad.view(np.uint32) == a32.view(np.uint32)) | (np.isnan(bad) & np.isnan(a32))
+    if not same.all():
+        raise ValueError(f"{int((~same).sum())} values of {name} are not representable in "
+                         f"{INPUT_FORMAT}{why}; round them first: emulator.quantize({name}, '{INPUT_FORMAT}')")
+    return a32
 
 
 def stage_plan(stages: dict, fp64: bool, seed, seed_prefix: str = "") -> np.ndarray:

@@ -18,8 +18,8 @@ import numpy as np
 from ..formats import FORMATS
 from ..hw.sfu import ex2_params, load_exp2_tables
 from ..jit_notice import notice_if_cold
-from ..rounding import RoundMode, as_float_array, quantize, target
-from .api import INPUT_FORMAT, _check_inputs, _int64s, _operand, _tc_models, stage_plan
+from ..rounding import RoundMode, as_float_array, target
+from .api import INPUT_FORMAT, _check_inputs, as_input_values, _int64s, _operand, _tc_models, stage_plan
 from .ledger import NF, RoundingLedger
 from .recipes import Fix, Recipe, get_fix, get_recipe
 from .rows import BackwardOperands, BackwardOutputs, BackwardScalars, Operand, Units
@@ -89,17 +89,7 @@ def _bf16_values(x, name, shape, fp64):
         raise ValueError(f"{name} must have the shape of q, {shape}; got {a.shape}")
     if fp64:
         return a.astype(np.float64)
-    a32 = a.astype(np.float32)
-    if a.dtype == np.float64 and not np.array_equal(a32.astype(np.float64), a, equal_nan=True):
-        raise ValueError(f"{name} holds values that are not float32, let alone bf16; "
-                         f"round them first: emulator.quantize({name}, 'bf16')")
-    q = quantize(a32, INPUT_FORMAT, "rne")
-    same = (q.view(np.uint32) == a32.view(np.uint32)) | (np.isnan(q) & np.isnan(a32))
-    if not same.all():
-        raise ValueError(f"{int((~same).sum())} values of {name} are not representable in {INPUT_FORMAT}; "
-                         f"the backward reads bf16 {name} (the GPU kernels' input); round it first: "
-                         f"emulator.quantize({name}, '{INPUT_FORMAT}')")
-    return a32
+    return as_input_values(a, name, f" (the backward reads bf16 {name}, as the GPU kernels do)")
 
 
 def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None, causal=False, scale=None,
