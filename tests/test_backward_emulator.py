@@ -247,6 +247,24 @@ def test_paper_hw_equals_its_op_table(Nq, Nk, causal, tiles):
         assert rel_err(got, w) < 6e-2
 
 
+def test_all_zero_chain_steps_are_neutral():
+    """What the backward's tile independence rests on (families/fa2_backward.py): a k16
+    step whose products are all zero (+0 or −0) returns a nonzero fp32 accumulator bit for
+    bit, subnormals included, and a zero one as +0."""
+    rng = np.random.default_rng(0)
+    c = np.concatenate([rng.standard_normal(2000) * 10.0 ** rng.integers(-40, 38, 2000),
+                        np.float32(2.0 ** -149) * rng.integers(1, 2 ** 23, 500)]).astype(np.float32)
+    c = c[np.isfinite(c)].reshape(-1, 1)
+    for sign in (1.0, -1.0):
+        a = np.zeros((c.shape[0], 32), np.float32)
+        b = np.zeros((32, 1), np.float32)
+        a[:, 0] = sign * 0.0
+        b[0, 0] = 1.0
+        assert same_bits(tensor_core_dot(a, b, c), c)
+        z = tensor_core_dot(a[:2], b, np.array([[0.0], [-0.0]], np.float32))
+        assert (z.view(np.uint32) == 0).all()
+
+
 def test_fa2_dump_and_ledger_counts():
     rng = np.random.default_rng(3)
     Nq, Nk, D = 50, 37, 16

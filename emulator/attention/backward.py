@@ -108,8 +108,10 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
         backward operation: it changes only the forward's running max, which the
         backward never reads; it reaches the gradients through ``out`` and ``lse``.
     causal, scale : as the forward (scale default 1/sqrt(dim)).
-    rounding : shorthand for the rounding of the backward's casts (fa2: P_cast, dS_cast
-        and the three output casts; ``rne`` or ``sr``…); sr draws its words from
+    rounding : shorthand for the rounding of the backward's casts
+        (``Family.backward.rounding_stages``: fa2 P_cast, dS_cast and the three output
+        casts; paper P_cast, dS_cast and the casts of the dQ, dK, dV running sums; ``rne``,
+        ``sr``, …; the GPU kernels take rne and sr); sr draws its words from
         ``stage_seed(seed, "backward." + stage)``, never the forward's.
     seed : Philox key (required with sr).
     record : keep the backward's rounding ledger and P, dS.  dump : keep P, dS only.

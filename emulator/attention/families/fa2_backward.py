@@ -17,11 +17,14 @@ Three passes, as the kernels run them, each over its own chunks in parallel:
 
 Why the tiles do not matter: a wgmma chain is a sequence of k16 steps whose
 accumulator carries over from one ``tl.dot`` to the next, and a step whose products
-are all zero returns its accumulator unchanged (the tensor-core model, and the
-H200: an all-zero step gives +0, never −0, and the accumulator is never −0).  So a
-chain over all query rows (or keys) is the same whatever block the kernel starts
-from and however it splits the loop, as long as steps stay aligned to multiples of
-16, which every tile is.  The emulator's blocks below are its own choice.
+are all zero returns a nonzero accumulator unchanged and a zero one as +0 (the
+tensor-core model, whose all-zero rule the H200 records show: +0, never −0;
+tests/test_backward_emulator.py checks the model's side).  A chain starts at +0, so
+the zero steps a kernel skips or adds (causal blocks before a key block's first row,
+after a query block's last key) change nothing, and a chain over all query rows (or
+keys) is the same whatever blocks the kernel splits it into, as long as steps stay
+aligned to multiples of 16, which every tile is.  The emulator's blocks below are
+its own choice.
 """
 
 from __future__ import annotations
