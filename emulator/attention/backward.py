@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import namedtuple
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numba
 import numpy as np
@@ -71,8 +71,6 @@ def backward_stages(rec: Recipe, rounding=None) -> dict:
     stages = dict(bwd.stages)
     if rounding is not None:
         mode = RoundMode.parse(rounding).name
-        from dataclasses import replace
-
         for name in bwd.rounding_stages:
             st = stages[name]
             if mode not in st.roundings:

@@ -50,11 +50,12 @@ from collections import namedtuple
 import numba as nb
 import numpy as np
 
+from ..formats import get_format
 from .units import StageContext, decode_as, round_div, round_stage
 
 __all__ = ["Operand", "Operands", "Scalars", "Units", "Tiling", "Outputs", "Job", "Work", "Running",
            "make_row_driver", "make_job", "kernel_args", "n_visited_blocks", "valid_key", "row_operand",
-           "block_operand", "set_p_operand", "set_operand", "unit_tuples", "BackwardOperands", "BackwardScalars",
+           "block_operand", "set_p_operand", "set_operand", "zeros_operand", "BF16_MANT", "BF16_EMIN", "unit_tuples", "BackwardOperands", "BackwardScalars",
            "BackwardOutputs"]
 
 Operand = namedtuple("Operand", "values sig exp spec")
@@ -182,10 +183,7 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage, start_max=minu
         ledger = outs.ledgers[ch]
         record = outs.record
         stages = StageContext(plan, ledger, record)
-        work = Work(np.empty(block_n), np.empty(block_n),
-                    Operand(np.zeros((1, block_n)), np.zeros((1, block_n), np.int64), np.zeros((1, block_n), np.int64),
-                            np.zeros((1, block_n), np.int8)),
-                    np.empty(D), np.empty(D))
+        work = Work(np.empty(block_n), np.empty(block_n), zeros_operand(1, block_n), np.empty(D), np.empty(D))
         # the chunk boundaries fix the ledger's summation order: keep them as they are
         R_total = BH * Nq
         for r in range(ch * R_total // n_chunks, (ch + 1) * R_total // n_chunks):
@@ -212,6 +210,17 @@ def make_row_driver(block_step, finish_row, div_stage, out_stage, start_max=minu
             outs.l[bh, i] = l
 
     return drive_rows
+
+
+# the decoding of a bf16 tensor-core operand (P̃, dS̃ in the backward)
+BF16_MANT, BF16_EMIN = get_format("bf16").mant_bits, get_format("bf16").emin
+
+
+@nb.njit(cache=True, error_model="numpy")
+def zeros_operand(rows, cols):
+    """A zero (rows, cols) tensor-core Operand: scratch a kernel fills per block."""
+    return Operand(np.zeros((rows, cols)), np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64),
+                   np.zeros((rows, cols), np.int8))
 
 
 @nb.njit(inline="always", error_model="numpy")

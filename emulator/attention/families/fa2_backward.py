@@ -33,7 +33,8 @@ import numba as nb
 import numpy as np
 
 from . import LOG2E, Backward
-from ..rows import BackwardOperands, Operand, block_operand, row_operand, set_operand, unit_tuples
+from ..rows import (BF16_EMIN, BF16_MANT, BackwardOperands, block_operand, row_operand, set_operand, unit_tuples,
+                    zeros_operand)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
 from ..units import StageContext, ex2_unit, round_add, round_fma, round_mul, round_stage, tc_stage
 
@@ -66,22 +67,9 @@ BLOCK_M = 64
 BLOCK_N = 64
 
 
-# P̃ and dS̃ are bf16 tensor-core operands
-BF16_MANT, BF16_EMIN = 7, -126
-
-
 @nb.njit(inline="always", error_model="numpy")
 def _valid(i, j, Nq, Nk, causal):
     return i < Nq and j < Nk and (not causal or j <= i)
-
-
-def _zeros_operand(rows, cols):
-    """A zero (rows, cols) tensor-core Operand (numba: allocated per chunk)."""
-    return Operand(np.zeros((rows, cols)), np.zeros((rows, cols), np.int64), np.zeros((rows, cols), np.int64),
-                   np.zeros((rows, cols), np.int8))
-
-
-zeros_operand = nb.njit(cache=True, error_model="numpy")(_zeros_operand)
 
 
 @nb.njit(cache=True, error_model="numpy")

@@ -20,14 +20,16 @@ import numba as nb
 import numpy as np
 
 from . import Backward
-from ..rows import BackwardOperands, block_operand, row_operand, set_operand, unit_tuples
+from ...rounding import quantize
+from ..rows import (BF16_EMIN, BF16_MANT, BackwardOperands, block_operand, row_operand, set_operand, unit_tuples,
+                    zeros_operand)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
 from ..units import LOG2E_F32, StageContext, ex2_unit, round_add, round_mul, round_stage, tc_stage
-from .fa2_backward import BF16_EMIN, BF16_MANT, zeros_operand
 
 
 def _cast_pair(name, what):
-    """An fp32 op's stage and its bf16 cast's stage (which must follow it: ``cast_pair``)."""
+    """An fp32 op's stage and its bf16 cast's stage (which must follow it: ``mul_cast`` and
+    ``add_cast`` round by ``st_op``, then cast by ``st_op + 1``)."""
     return (StageSpec(name, f"{what} (fp32)"),
             StageSpec(name + "_cast", f"{name} → bf16", format="bf16", formats=CASTS, roundings=ROUNDINGS))
 
@@ -271,8 +273,6 @@ def run(job):
 
 def lse_operand(lse, fp64=False):
     """The paper saves a bf16 lse: bf16(lse) (rne; fp64: unrounded)."""
-    from ...rounding import quantize
-
     x = np.asarray(lse, np.float64)
     return x if fp64 else quantize(x, "bf16", "rne").astype(np.float64)
 
