@@ -2,9 +2,9 @@
 (CPU) and from the kernels (GPU), on the same forward outputs.
 
 Both backward sides read the same ``out`` and ``lse`` (the runner: the GPU forward's,
-carried to the emulator side; :func:`crosscheck_backward_case`: the emulator's, which
-the H200 showed bit-identical, tests/data/hw/crosscheck/), so a mismatch is the
-backward's own.  The upstream gradient dO is N(0, 1) in bf16, seeded by the case.
+carried to the emulator side; :func:`forward_inputs` gives the emulator's, which the
+H200 showed bit-identical, tests/data/hw/crosscheck/), so a mismatch is the backward's
+own.  The upstream gradient dO is N(0, 1) in bf16, seeded by the case.
 The compared tensors are the family's (``Family.backward.compared``): δ, dV, dK, dQ,
 and with the dump launch P and dS before their casts, earliest stage first.
 """
@@ -16,8 +16,7 @@ import numpy as np
 from flashbits.emulator import flash_attention, flash_attention_backward, quantize, to_bits
 from flashbits.emulator.attention.recipes import get_recipe
 
-from .compare import compare_sides
-from .sides import Config, _f32bits, _launch
+from .sides import Config, _f32bits, _launch, device_bf16, raw_bits
 
 # 16-bit tensors (the gradients, in their cast's format); every other tensor is fp32
 GRADIENTS = ("dq", "dk", "dv")
@@ -65,37 +64,18 @@ def gpu_backward_side(q, k, v, out, lse, do, causal: bool, cfg: Config, dump: bo
 
     from flashbits.gpu.backward import flash_attention_backward as gpu_backward
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
-    t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v, out, do)]
-    r = gpu_backward(t[0], t[1], t[2], t[3], torch.from_numpy(np.asarray(lse, np.float64)).to(dev), t[4],
+    tq, tk, tv, tout, tdo = device_bf16(q, k, v, out, do)
+    r = gpu_backward(tq, tk, tv, tout, torch.from_numpy(np.asarray(lse, np.float64)).to(tq.device), tdo,
                      causal=causal, dump=dump, **backward_kwargs(cfg))
-    views = {2: (torch.int16, np.uint16), 4: (torch.int32, np.uint32)}
-
-    def bits(x):
-        as_int, as_uint = views[x.element_size()]
-        return x.contiguous().view(as_int).cpu().numpy().view(as_uint)
-
-    return {name: bits(getattr(r, name)) for name in compared(cfg, _launch(dump))}
-
-
-def crosscheck_backward_case(q, k, v, causal: bool, cfg: Config, seed: int, dump: bool) -> dict:
-    """compare_sides of one case's backward on both sides (crosscheck.compare)."""
-    out, lse, do = forward_inputs(q, k, v, causal, cfg, seed)
-    emu = emulator_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
-    gpu = gpu_backward_side(q, k, v, out, lse, do, causal, cfg, dump)
-    return compare_sides(emu, gpu, compared(cfg, _launch(dump)))
+    return {name: raw_bits(getattr(r, name)) for name in compared(cfg, _launch(dump))}
 
 
 def gpu_forward_inputs(q, k, v, causal: bool, cfg: Config, seed: int):
     """(out, lse, dO) from the GPU forward (numpy; out as float32 bf16 values, lse float64
     from the kernel's float32): what both backward sides read in a large crosscheck."""
-    import torch
-
     from flashbits.gpu import flash_attention as gpu_flash_attention
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
-    t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]
-    r = gpu_flash_attention(*t, causal=causal, **cfg.kwargs("gpu"))
+    r = gpu_flash_attention(*device_bf16(q, k, v), causal=causal, **cfg.kwargs("gpu"))
     return (r.out.float().cpu().numpy(), r.lse.double().cpu().numpy(), upstream_gradient(q.shape, seed))
 
 

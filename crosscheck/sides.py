@@ -135,19 +135,26 @@ def emulator_side(q, k, v, causal: bool, cfg: Config, dump: bool = True) -> dict
             for name in cfg.compared(_launch(dump))}
 
 
-def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
-    """The same tensors of a kernel launch, as raw bits of the dtype the kernel wrote."""
+def device_bf16(*arrays):
+    """numpy arrays of bf16 values as bf16 torch tensors on the GPU (on the CPU only under
+    TRITON_INTERPRET=1)."""
     import torch
 
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    return [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in arrays]
+
+
+def raw_bits(x) -> np.ndarray:
+    """A 16- or 32-bit torch tensor's raw bits as uint16 / uint32 numpy."""
+    import torch
+
+    as_int, as_uint = {2: (torch.int16, np.uint16), 4: (torch.int32, np.uint32)}[x.element_size()]
+    return x.contiguous().view(as_int).cpu().numpy().view(as_uint)
+
+
+def gpu_side(q, k, v, causal: bool, cfg: Config, dump: bool) -> dict:
+    """The same tensors of a kernel launch, as raw bits of the dtype the kernel wrote."""
     from flashbits.gpu import flash_attention as gpu_flash_attention
 
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only under TRITON_INTERPRET=1
-    t = [torch.from_numpy(np.ascontiguousarray(x)).to(dev).to(torch.bfloat16) for x in (q, k, v)]
-    r = gpu_flash_attention(*t, causal=causal, dump=dump, **cfg.kwargs("gpu"))
-    views = {2: (torch.int16, np.uint16), 4: (torch.int32, np.uint32)}
-
-    def bits(x):
-        as_int, as_uint = views[x.element_size()]
-        return x.contiguous().view(as_int).cpu().numpy().view(as_uint)
-
-    return {name: bits(getattr(r, name)) for name in cfg.compared(_launch(dump))}
+    r = gpu_flash_attention(*device_bf16(q, k, v), causal=causal, dump=dump, **cfg.kwargs("gpu"))
+    return {name: raw_bits(getattr(r, name)) for name in cfg.compared(_launch(dump))}
