@@ -50,6 +50,15 @@ def _csv(val, allowed, what):
     return tuple(_csv_choice(val, allowed, what))
 
 
+def short_commit() -> str:
+    """The current directory's git commit (short), or "unknown": a study's provenance."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.getcwd()).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
 def cmd_bias(args):
     if args.explain:
         print(worked_example(args.explain_regime))
@@ -70,11 +79,7 @@ def cmd_bias(args):
     table, kept, secs = run_grid(grid["regimes"], grid["recipes"], grid["fixes"], grid["roundings"],
                                  rows=args.rows, ablate=None if args.no_ablation else "rne",
                                  gpu_record=gpu_record_path())
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.getcwd()).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
+    commit = short_commit()
     meta = {"command": "flashbits bias " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "flashbits bias",
             "seconds": secs, "host": f"{platform.node()} ({os.cpu_count()} cores)", "commit": commit,
             "rows": args.rows, **grid}

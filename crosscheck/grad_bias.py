@@ -135,22 +135,17 @@ def to_markdown(table, seconds, rows) -> str:
 def cmd_grad_bias(args):
     import os
     import platform
-    import subprocess
 
     from flashbits.emulator import RECIPES
 
+    from .bias_cli import short_commit
     from .cli import _csv_choice, check_out_dir
 
     regimes = tuple(_csv_choice(args.regimes, tuple(REGIMES), "regimes")) if args.regimes else tuple(REGIMES)
     recipes = tuple(_csv_choice(args.recipes, tuple(RECIPES), "recipes")) if args.recipes else tuple(RECIPES)
     check_out_dir(args.out)
     table, seconds = run_grid(regimes, recipes, rows=args.rows)
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=os.getcwd()).stdout.strip() or "unknown"
-    except OSError:
-        commit = "unknown"
-    meta = {"rows": args.rows, "seconds": seconds, "commit": commit,
+    meta = {"rows": args.rows, "seconds": seconds, "commit": short_commit(),
             "host": f"{platform.node()} ({os.cpu_count()} cores)", "regimes": regimes, "recipes": recipes,
             "dO": DO_KINDS, "fixes": GRAD_FIXES, "roundings": tuple(GRAD_ROUNDINGS)}
     with open(os.path.join(args.out, "grad_bias.json"), "w") as f:
