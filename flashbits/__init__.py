@@ -44,8 +44,21 @@ from .emulator import (FIXES, FORMATS, RECIPES, AttentionResult, BackwardResult,
 
 __version__ = "0.1.0"
 
+# the torch drop-in (flashbits.gpu.sdpa) needs torch: imported on first use only
+_TORCH_NAMES = ("scaled_dot_product_attention", "patch_sdpa")
+
+
+def __getattr__(name):
+    if name in _TORCH_NAMES:
+        from .gpu import sdpa
+
+        return getattr(sdpa, name)
+    raise AttributeError(f"module 'flashbits' has no attribute {name!r}")
+
+
 __all__ = [
     "flash_attention", "flash_attention_backward", "BackwardResult", "reference_attention", "AttentionResult", "RoundingLedger", "Recipe", "RECIPES",
     "get_recipe", "Fix", "FIXES", "FORMATS", "FloatFormat", "get_format", "RoundMode", "quantize", "to_bits",
     "from_bits", "tensor_core_dot", "sfu_exp2", "bias_stats", "signed_error_ulps",
+    "scaled_dot_product_attention", "patch_sdpa",
 ]
