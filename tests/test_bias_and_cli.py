@@ -156,7 +156,7 @@ def test_gpu_wrapper_without_cuda_points_to_the_emulator(monkeypatch):
         gpu_fa(x, x, x, fix="offset")
 
 
-@pytest.mark.parametrize("script", ["01_formats_and_rounding.py", "02_tensor_core_truncation.py"])
+@pytest.mark.parametrize("script", ["01_formats_and_rounding.py", "02_tensor_core_truncation.py", "06_torch_drop_in.py"])
 def test_examples_run(script):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", script)], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
