@@ -45,6 +45,9 @@ def variants(tiles="all"):
     for name, (bm, bn, nw, ns) in KERNELS.items():
         for D, fix, psr, osr, dump in itertools.product((64, 128), *[(False, True)] * 4):
             out.append((name, D, bm, bn, nw, ns, fix, psr, osr, dump))
+    # the unbiased fix (FIX = 3, fa2 only): its own P̄ cast, the output cast sr
+    for D, dump in itertools.product((64, 128), (False, True)):
+        out.append(("_fa2_fwd", D, *KERNELS["_fa2_fwd"], 3, True, True, dump))
     if tiles == "all":
         for name in KERNELS:
             for (bm, bn, nw, ns), flags in itertools.product(TILES, [(False, False, False, False),
@@ -60,7 +63,8 @@ def variants(tiles="all"):
 
 def variant_id(v):
     name, D, bm, bn, nw, ns, fix, psr, osr, dump = v
-    flags = "".join(f for f, on in zip(("fix", "psr", "osr", "dump"), (fix, psr, osr, dump)) if on) or "plain"
+    flags = "".join(f for f, on in zip(("unbiased" if fix == 3 else "fix", "psr", "osr", "dump"),
+                                       (fix, psr, osr, dump)) if on) or "plain"
     return f"{name.strip('_')}_D{D}_{bm}x{bn}w{nw}s{ns}_{flags}"
 
 

@@ -32,6 +32,7 @@ FIX_SPECS = {
     "paper-b4": dict(fix="paper", beta=4.0),
     "paper-b8": dict(fix="paper", beta=8.0),
     "offset": dict(fix="offset"),
+    "unbiased": dict(fix="unbiased"),
 }
 
 

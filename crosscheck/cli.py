@@ -229,7 +229,7 @@ def cmd_crosscheck(args):
             print(f"wrote {args.out}/replay.json and replay.md")
         return 0 if res["mismatches"] == 0 else 1
     from flashbits.crosscheck.cases import KINDS
-    from flashbits.crosscheck.sides import KERNEL_FIXES, parse_tile
+    from flashbits.crosscheck.sides import KERNEL_FIXES, kernel_config, parse_tile
 
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
     bad = [k for k in kinds if k not in KINDS]
@@ -266,7 +266,11 @@ def cmd_crosscheck(args):
     cases = suite(args.cases, seed=args.seed, kinds=kinds, dims=tuple(int(d) for d in args.dims.split(",")),
                   max_len=args.max_len)
     configs = [Config(recipe=r, fix=None if f == "none" else f, rounding=rd, seed=args.seed, **t)
-               for r in recipes for t in tiles for f in fixes for rd in roundings]
+               for r in recipes for t in tiles for f in fixes for rd in roundings
+               if kernel_config(r, None if f == "none" else f, rd)]
+    if not configs:
+        raise ValueError(f"no configuration the kernels run among recipes {recipes} × fixes {fixes} × roundings "
+                         f"{roundings} (the unbiased fix: fa2 only, rounding rne, as it sets the casts itself)")
     prov = provenance()
     report = {"provenance": prov, "pass": pass_name, "configs": [], "cases_total": 0, "elements": 0,
               "mismatches": 0}

@@ -132,7 +132,7 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
     from flashbits.emulator import RECIPES
     from flashbits.gpu.attention import KERNEL_RECIPES
 
-    from .sides import KERNEL_FIXES, other_tiles
+    from .sides import KERNEL_FIXES, kernel_config, other_tiles
 
     workers = workers or os.cpu_count() or 1
     steps = []
@@ -142,6 +142,8 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
                                               "--only", probe], os.path.join(d, "run.log"))]))
     for recipe in KERNEL_RECIPES:
         for fix in KERNEL_FIXES:
+            if not kernel_config(recipe, fix, "rne"):
+                continue
             name = f"{recipe}{fix_label(fix)}"
             d = os.path.join("attention", name)
             steps.append(Step("attention", name, d, [(
@@ -151,6 +153,8 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
                 os.path.join(d, "log.txt"))]))
     bwd_recipes = [r for r in KERNEL_RECIPES if RECIPES[r].spec.backward and RECIPES[r].spec.backward.gpu_module]
     for fix in KERNEL_FIXES:
+        if not all(kernel_config(r, fix, "rne") for r in bwd_recipes):
+            continue
         d = os.path.join("backward", f"{'_'.join(bwd_recipes)}{fix_label(fix)}")
         steps.append(Step("backward", os.path.basename(d), d, [(
             [python, "-m", "flashbits.crosscheck.cli", "crosscheck", "--backward", "--recipes", ",".join(bwd_recipes),

@@ -10,6 +10,7 @@ import numpy as np
 from flashbits.emulator import flash_attention as emu_flash_attention
 from flashbits.emulator import to_bits
 from flashbits.gpu.attention import KERNEL_FIXES as _KERNEL_FIXES
+from flashbits.gpu.attention import kernel_fixes
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,17 @@ class Config:
 # the fix settings the GPU kernels run: none, and those they implement
 # (gpu.attention.KERNEL_FIXES; the others run in the emulator only)
 KERNEL_FIXES = (None,) + _KERNEL_FIXES
+# fixes that set the P̄ and output casts' rounding themselves: one configuration each
+FIXES_WITH_OWN_ROUNDING = ("unbiased",)
+
+
+def kernel_config(recipe, fix, rounding) -> bool:
+    """Whether (recipe, fix, rounding) is a distinct configuration the kernels run: the
+    fix is one the recipe's kernel implements (gpu.attention.kernel_fixes), and a fix that
+    sets the casts itself (unbiased) runs once, as rounding rne."""
+    if fix not in kernel_fixes(recipe):
+        return False
+    return not (fix in FIXES_WITH_OWN_ROUNDING and rounding != "rne")
 
 
 _TILE = re.compile(r"(\d+)x(\d+)w(\d+)(?:s(\d+))?")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from flashbits.emulator.attention.api import stage_seed
 from flashbits.emulator.attention.recipes import RECIPES, Recipe, get_fix, get_recipe
+from flashbits.emulator.attention.units import FIX_KINDS
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 # the tiles the kernels take (num_warps: emulator.attention.recipes.NUM_WARPS);
@@ -38,9 +39,10 @@ KERNEL_BLOCK_N = (32, 64, 128)
 # software pipelining depths the H200 crosscheck ran, and the default
 CROSSCHECKED_STAGES = (2, 3, 4)
 DEFAULT_STAGES = 3
-# the fixes the kernels implement (the others run in the emulator only); here, not in
-# gpu/kernels/, so that the CLI can check arguments without importing triton
-KERNEL_FIXES = ("paper",)
+# the fixes each family's kernel implements (the others run in the emulator only); here, not
+# in gpu/kernels/, so that the CLI can check arguments without importing triton
+KERNEL_FIXES_OF = {"fa2": ("paper", "unbiased"), "paper": ("paper",)}
+KERNEL_FIXES = tuple(dict.fromkeys(f for fixes in KERNEL_FIXES_OF.values() for f in fixes))   # any kernel's
 # the registered recipes the kernels implement: all but the paper-code mode (Recipe.paper_code,
 # the paper's published code exactly: emulator only)
 KERNEL_RECIPES = tuple(name for name, r in RECIPES.items() if not r.paper_code)
@@ -66,6 +68,11 @@ def _require_torch():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("gpu.flash_attention needs torch and triton: pip install 'flashbits[gpu]'") from e
     return torch
+
+
+def kernel_fixes(recipe) -> tuple:
+    """(None, ...) the fixes the kernel of ``recipe``'s family implements."""
+    return (None,) + KERNEL_FIXES_OF.get(get_recipe(recipe).family, ())
 
 
 def check_kernel_recipe(rec: Recipe, fix) -> dict:
@@ -108,7 +115,7 @@ def check_kernel_recipe(rec: Recipe, fix) -> dict:
         raise ValueError(f"kernel tiles: block_m in {KERNEL_BLOCK_M}, block_n in {KERNEL_BLOCK_N}; "
                          f"got {rec.block_m}, {rec.block_n}")
     flags = {flag: rec.stages[name].rounding == "sr" for name, (flag, _) in switchable.items()}
-    flags["FIX"] = fix is not None
+    flags["FIX"] = FIX_KINDS[fix.name if fix is not None else None]
     return flags
 
 
@@ -197,7 +204,9 @@ def plan_launch(rec: Recipe, fix, D: int, scale, seed, num_stages=DEFAULT_STAGES
     kmod = rec.spec.gpu_kernels()
     sr = [(stage, flags[flag]) for stage, (flag, _) in kmod.SR_STAGES.items()]
     if any(on for _, on in sr) and seed is None:
-        raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)")
+        raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)"
+                         + ("; fix='unbiased' rounds P̄ and the output stochastically"
+                            if fix is not None and fix.name == 'unbiased' else ""))
     ks = rec.scalars(softmax_scale(scale, D), fix)
     return KernelLaunch(rec=rec, kernel=kmod.KERNEL, scalars=(ks.qk_scale, ks.eps, ks.beta),
                         seeds=tuple(stage_seed(seed, stage) if on else 0 for stage, on in sr),
@@ -251,9 +260,9 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     H200 (tests/data/hw/crosscheck/tiles_*.md).
     """
     B, H, Nq, Nk, D, stages = check_inputs(q, k, v, num_stages)
-    rec = get_recipe(recipe).configured(rounding=rounding, block_m=block_m, block_n=block_n,
-                                        num_warps=num_warps)
     fx = get_fix(fix, eps, beta)
+    rec = get_recipe(recipe).configured(rounding=rounding, block_m=block_m, block_n=block_n,
+                                        num_warps=num_warps).with_fix(fx)
     plan = plan_launch(rec, fx, D, scale, seed, stages)
     _check_device({"q": q, "k": k, "v": v})
     return launch(plan, q, k, v, causal=causal, dump=dump)

@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m flashbits.gpu.bench [--variants 128x64w8s3,...] [--roundings rne,sr] [--json OUT]
 
 B=8, H=16, N=4096, D=128, bf16, causal and not: the fa2 kernel (tile variants,
-without and with the paper fix, its casts rounded rne or also sr) against
+without a fix, with the paper fix and with the unbiased fix, its casts rounded rne or also sr) against
 FlexAttention (torch.compile, Triton generated) and torch's SDPA flash and cuDNN
 backends.  Medians of triton.testing.do_bench; FLOPs = 4·B·H·N²·D (half of that
 causal).  Prints a table and the ratios against FlexAttention measured in the
@@ -79,11 +79,14 @@ def main(argv=None):
             bmv, bnv = (int(x) for x in bmn.split("x"))
             w, s = (int(x) for x in rest.split("s"))
             for rd in args.roundings.split(","):
-                for fix in (None, "paper"):
-                    bench(f"fa2 {var}{' +fix' if fix else ''}{' sr' if rd == 'sr' else ''}",
+                for fix in (None, "paper", "unbiased"):
+                    if fix == "unbiased" and rd != "rne":
+                        continue   # the unbiased fix sets its casts' rounding itself
+                    label = {None: "", "paper": " +fix", "unbiased": " +unbiased"}[fix]
+                    bench(f"fa2 {var}{label}{' sr' if rd == 'sr' else ''}",
                           lambda bmv=bmv, bnv=bnv, w=w, s=s, fix=fix, rd=rd: flash_attention(
                               q, k, v, causal=causal, fix=fix, block_m=bmv, block_n=bnv, num_warps=w,
-                              num_stages=s, rounding=rd, seed=1 if rd == "sr" else None),
+                              num_stages=s, rounding=rd, seed=1 if rd == "sr" or fix == "unbiased" else None),
                           causal)
     print()
     for causal in (False, True):

@@ -70,7 +70,8 @@ def _variant(name, D=64, fix=False, psr=False, osr=False, dump=False):
 VARIANTS = [_variant("_fa2_fwd", D=D) for D in (64, 128)] + [
     _variant(n, fix=f, dump=d) for n in ("_fa2_fwd", "_paper_fwd") for f in (False, True) for d in (False, True)
     if (f, d) != (False, False)] + [_variant("_paper_fwd")] + [
-    _variant(n, psr=True, osr=True) for n in ("_fa2_fwd", "_paper_fwd")]
+    _variant(n, psr=True, osr=True) for n in ("_fa2_fwd", "_paper_fwd")] + [
+    _variant("_fa2_fwd", fix=3, psr=True, osr=True, dump=d) for d in (False, True)] + [_variant("_fa2_fwd", osr=True)]
 
 
 def _compile_variants(variants):
@@ -289,3 +290,24 @@ def test_stochastic_rounding_variant(name, ptx_of):
     for pat in (r"fma\.rn\.f32", r"ex2\.approx\.ftz\.f32", r"ex2\.approx\.f32", r"div\.rn\.f32",
                 r"wgmma\.mma_async.*"):
         assert sr.count(pat) == rne.count(pat), pat
+
+
+def test_unbiased_fix_variant(ptx_of):
+    """FIX=3 (the unbiased fix): one Philox word per row outside the key loop, not one per
+    score: beyond the output cast's Philox (the O_SR-only variant), its P̄ cast adds far
+    fewer Philox rounds (mul.hi.u32) than the per-score P_SR cast does; the
+    same fmas (no paper-fix threshold), exp2s, divisions and tensor-core steps as the
+    plain kernel; the production launch computes what the dump launch does."""
+    plain = ptx_of("_fa2_fwd")
+    per_score = ptx_of("_fa2_fwd", psr=True, osr=True)
+    prod = ptx_of("_fa2_fwd", fix=3, psr=True, osr=True)
+    dump = ptx_of("_fa2_fwd", fix=3, psr=True, osr=True, dump=True)
+    o_only = ptx_of("_fa2_fwd", osr=True).count(r"mul\.hi\.u32")
+    p_unbiased = prod.count(r"mul\.hi\.u32") - o_only
+    p_per_score = per_score.count(r"mul\.hi\.u32") - o_only
+    assert 0 < p_unbiased < p_per_score / 4, (p_unbiased, p_per_score)
+    for pat in (r"fma\.rn\.f32", r"ex2\.approx\.ftz\.f32", r"ex2\.approx\.f32", r"div\.rn\.f32",
+                r"wgmma\.mma_async.*"):
+        assert prod.count(pat) == plain.count(pat), pat
+    for pat in ARITH:
+        assert prod.count(pat) == dump.count(pat), (pat, prod.count(pat), dump.count(pat))

@@ -179,8 +179,11 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     tensor-core and MUFU models include their special-value rules; PTX max
     ignores NaN); a row whose scores are all NaN gives NaN.
     """
-    rec = get_recipe(recipe).configured(overrides, rounding, block_m=block_m, block_n=block_n)
     fx = get_fix(fix, eps, beta, delta)
+    rec = get_recipe(recipe).configured(overrides, rounding, block_m=block_m, block_n=block_n).with_fix(fx)
+    if fx is not None and fx.name == "unbiased" and seed is None:
+        raise ValueError("fix='unbiased' rounds the output cast stochastically: pass seed=<int> (the Philox key; "
+                         "a new one per call in training)")
     if precision not in ("hw", "fp64"):
         raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
     fp64 = precision == "fp64"

@@ -42,7 +42,16 @@ class Fix:
     P̄ of a row is e^−δ ≈ 0.707 instead of 1: the products P̄·V of tied maxima
     are no longer exact copies of V with a regular tail, and no β needs tuning
     (nothing underflows: the shift is constant).
-    Exact-arithmetic softmax is unchanged by any m >= the row max.
+    ``unbiased`` (flashbits, fa2 family; docs/mechanism.md, "The unbiased fix"): no
+    shift of m; instead (1) P̄ is cast to bf16 stochastically with one random word per
+    (row, key block) shared by the block's scores (units.shared_word: Philox once per
+    row, a Weyl step per block; each score's rounding is unbiased, the scores of a block
+    share their offset), (2) the row sum l adds those rounded weights P̃ instead of P̄,
+    so O = Σ P̃·V / Σ P̃ is a weighted mean (the shared offsets' common error cancels in
+    the ratio), and (3) the output cast rounds stochastically (Philox per element:
+    N·d words, not N²).  It takes no parameters and needs a seed; it sets the P_cast
+    and O_cast roundings itself (16 random bits, as the kernels), over ``rounding=``.
+    Exact-arithmetic softmax is unchanged by any m >= the row max, and by either change.
 
     The paper fix can make a row NaN where the float64 reference is finite: the row's
     final m is the max over its blocks of β·bm (tied block, bm > 0), 0 (tied, bm < 0)
@@ -72,10 +81,20 @@ class Fix:
     def label(self) -> str:
         if self.name == "paper":
             return f"paper(β={self.beta:g}, ε={self.eps:g})"
+        if self.name == "unbiased":
+            return "unbiased"
         return f"offset(δ={self.delta:.4g})"
 
+    @property
+    def stage_overrides(self) -> dict:
+        """The stage changes the fix brings with it (applied over the caller's rounding)."""
+        return {name: dict(ov) for name, ov in FIX_STAGE_OVERRIDES.get(self.name, {}).items()}
 
-FIXES = ("paper", "offset")
+
+FIXES = ("paper", "offset", "unbiased")
+# what a fix changes in the stage plan besides its kernel arithmetic
+FIX_STAGE_OVERRIDES = {"unbiased": {"P_cast": {"rounding": "sr", "rand_bits": 16},
+                                    "O_cast": {"rounding": "sr", "rand_bits": 16}}}
 
 
 @dataclass(frozen=True)
@@ -159,6 +178,20 @@ class Recipe:
                 ov[st] = {**base, "rounding": rounding} if isinstance(base, dict) else base
         tiles = {k: int(v) for k, v in tiles.items() if v is not None}
         return self.with_overrides(ov, **tiles) if (ov or tiles) else self
+
+    def with_fix(self, fix) -> "Recipe":
+        """This recipe as ``fix`` (a Fix or None) runs it: ValueError if the family does not
+        implement the fix (``Family.fixes``); the fix's stage overrides
+        (``Fix.stage_overrides``: unbiased → P_cast and O_cast sr, 16 random bits) applied where the stage rounds to
+        a low-precision format (an fp32 or fp64 output needs no rounding)."""
+        if fix is None:
+            return self
+        if fix.name not in self.spec.fixes:
+            raise ValueError(f"fix {fix.name!r} is not defined for recipe {self.name!r} (family {self.family!r}: "
+                             f"fixes {', '.join(self.spec.fixes)}); the unbiased fix is the fa2 family's")
+        ov = {name: change for name, change in fix.stage_overrides.items()
+              if name in self.stages and self.stages[name].format not in ("fp32", "fp64")}
+        return self.with_overrides(ov) if ov else self
 
     def stage(self, name: str) -> StageSpec:
         try:
@@ -286,6 +319,8 @@ def get_fix(fix, eps=None, beta=None, delta=None) -> Fix | None:
             raise ValueError("delta belongs to fix='offset'; the paper fix takes eps and beta")
         if fix == "offset" and (eps is not None or beta is not None):
             raise ValueError("eps/beta belong to fix='paper'; the offset fix takes delta")
+        if fix == "unbiased" and (eps is not None or beta is not None or delta is not None):
+            raise ValueError("fix='unbiased' takes no eps, beta or delta (it shifts no maximum)")
         kw = {}
         if eps is not None:
             kw["eps"] = float(eps)

@@ -37,7 +37,7 @@ from ..rounding import (FLAG_AWAY, FLAG_INEXACT, FLAG_NEAR_TIE, FLAG_OVERFLOW, F
 from .ledger import (F_AWAY, F_INEXACT, F_N, F_NEAR, F_NEAR_AWAY, F_OPS, F_OVER, F_SPEC, F_SUM, F_SUM2, F_TIES,
                      F_TIES_AWAY)
 
-__all__ = ["StageContext", "PLAN_COLUMNS", "FIX_NONE", "FIX_PAPER", "FIX_OFFSET", "LOG2E_F32"]
+__all__ = ["StageContext", "PLAN_COLUMNS", "FIX_NONE", "FIX_PAPER", "FIX_OFFSET", "FIX_UNBIASED", "LOG2E_F32"]
 
 # columns of a plan row: the target format (rounding.target's five fields), the rounding
 # mode, the random bits of sr, saturation, the Philox key, the ``exact`` ablation flag,
@@ -48,8 +48,8 @@ PLAN_COLUMNS = ("mant", "emin", "emax", "max_sig", "has_inf", "mode", "rand_bits
  PLAN_EXACT, PLAN_COMPENSATED) = range(len(PLAN_COLUMNS))
 
 # the fix a kernel applies to each block max (Scalars.fix_kind)
-FIX_NONE, FIX_PAPER, FIX_OFFSET = 0, 1, 2
-FIX_KINDS = {None: FIX_NONE, "paper": FIX_PAPER, "offset": FIX_OFFSET}
+FIX_NONE, FIX_PAPER, FIX_OFFSET, FIX_UNBIASED = 0, 1, 2, 3
+FIX_KINDS = {None: FIX_NONE, "paper": FIX_PAPER, "offset": FIX_OFFSET, "unbiased": FIX_UNBIASED}
 
 MODE_SR = int(RoundMode.sr)   # numba freezes module globals: a constant in the compiled code
 MODE_RNE = int(RoundMode.rne)
@@ -149,6 +149,31 @@ def stage_word(plan, stage, offset):
     if plan[stage, PLAN_MODE] == MODE_SR:
         return randint_word(np.uint64(plan[stage, PLAN_SEED]), offset)
     return np.uint64(0)
+
+
+# the Weyl step of the unbiased fix's shared words: round(2^32 / golden ratio), odd
+WEYL_STEP = 0x9E3779B9
+
+
+@nb.njit(inline="always", error_model="numpy")
+def shared_word(plan, stage, row, block):
+    """The unbiased fix's P_cast word of one (row, key block): w = (u_row + block · WEYL_STEP)
+    mod 2^32, u_row = Philox at the row's flat index (``tl.randint(seed, row)``); every
+    score of the row's block takes its sr offset from w, so each is rounded without bias
+    (w is uniform for each block) for one random word per row.  0 unless the stage is sr."""
+    if plan[stage, PLAN_MODE] != MODE_SR:
+        return np.uint64(0)
+    u = randint_word(np.uint64(plan[stage, PLAN_SEED]), row)
+    return (u + np.uint64(block) * np.uint64(WEYL_STEP)) & np.uint64(0xFFFFFFFF)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def round_stage_word(plan, ledger, record, stage, hi, lo, word):
+    """hi + lo (exact) rounded once by ``stage``'s format/mode with the given random word
+    (sr), recorded: :func:`round_stage` for a caller that draws its own words."""
+    v, err, fl = rnd(hi, lo, stage_target(plan, stage), plan[stage, PLAN_MODE], word,
+                     plan[stage, PLAN_RAND_BITS], plan[stage, PLAN_SATURATE] != 0)
+    return recorded(ledger, record, stage, v, err, fl)
 
 
 @nb.njit(inline="always", error_model="numpy")

@@ -8,14 +8,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..attention import KERNEL_FIXES
 
 # what the launcher needs beyond KERNEL: the stages whose rounding a kernel
 # switches, rne or sr with 16 random bits ({stage: (constexpr, seed argument)};
-# every other stage is fixed to the family's plan), and the fixes it implements
+# every other stage is fixed to the family's plan); each family module says which
+# fixes it implements (FIXES)
 SR_STAGES = {"P_cast": ("P_SR", "seed_p"), "O_cast": ("O_SR", "seed_o")}
 SR_RAND_BITS = 16
-FIXES = KERNEL_FIXES
+# the FIX constexpr: which fix the kernel compiles in (emulator.attention.units.FIX_KINDS)
+FIX_NONE, FIX_PAPER, FIX_UNBIASED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(3)
+# the unbiased fix's Weyl step between a row's key blocks (emulator.attention.units.WEYL_STEP)
+WEYL_STEP = tl.constexpr(0x9E3779B9)
 
 # Lengths, flags and seeds vary per call: specialising on them (== 1, % 16)
 # would recompile for every length; the arithmetic does not depend on it.
@@ -31,6 +34,18 @@ def _sr_bf16(x, seed, offs):
     bits = x.to(tl.uint32, bitcast=True)
     y = ((bits + (r >> 16)) >> 16).to(tl.uint16)
     return tl.where(x != x, x.to(tl.bfloat16), y.to(tl.bfloat16, bitcast=True))
+
+
+@triton.jit
+def _sr_bf16_shared(x, w):
+    """fp32 P̄ (BLOCK_M, BLOCK_N), each in [0, 1] or NaN → bf16, stochastic with one word per
+    row: add the top 16 bits of w (a uint32 per row) below bit 16, truncate (the unbiased
+    fix's P̄ cast; emulator.attention.units.shared_word).  Three integer ops per score:
+    the unsigned min first caps a NaN's pattern at 0x7FFF0000 (still NaN) so that the add
+    cannot carry into the sign; a NaN comes out as the bf16 NaN 0x7FFF."""
+    bits = tl.minimum(x.to(tl.uint32, bitcast=True), 0x7FFF0000)
+    y = ((bits + (w >> 16)[:, None]) >> 16).to(tl.uint16)
+    return y.to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit

@@ -15,9 +15,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import _NO_SPEC, _finish_tile, _p_cast, _row_tile
-# what the launcher reads from a family module besides KERNEL (both kernels switch the same casts)
-from .common import FIXES, SR_RAND_BITS, SR_STAGES  # noqa: F401
+from .common import FIX_PAPER, FIX_UNBIASED, WEYL_STEP, _NO_SPEC, _finish_tile, _p_cast, _row_tile, _sr_bf16_shared
+# what the launcher reads from a family module besides KERNEL and FIXES (both kernels switch the same casts)
+from .common import SR_RAND_BITS, SR_STAGES  # noqa: F401
+
+from ..attention import KERNEL_FIXES_OF
+
+FIXES = KERNEL_FIXES_OF["fa2"]
 
 
 @triton.jit
@@ -52,12 +56,13 @@ def _paper_fix_shift(bm, two, beta):
 
 @triton.jit
 def _fa2_inner(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, offs_m, offs_d, row_ok, bh,
-               Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N: tl.constexpr, CAUSAL,
+               Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, row_word, BLOCK_N: tl.constexpr, CAUSAL,
                FIX: tl.constexpr, P_SR: tl.constexpr, DUMP: tl.constexpr, MASKED: tl.constexpr):
     """Key blocks lo..hi-1 of one row tile: S = Q·Kᵀ, the online-softmax step, acc·α,
     acc += P̄·V.  MASKED=False is only called for blocks that every row of the tile
     sees whole (inside Nk, at or below the causal diagonal): there the mask is all
-    true, so leaving it out changes no bit."""
+    true, so leaving it out changes no bit.  FIX: 0 none, FIX_PAPER, FIX_UNBIASED (P̄
+    cast with the row's shared word of the block, l summing the cast P̃)."""
     for jb in range(lo, hi):
         offs_n = jb * BLOCK_N + tl.arange(0, BLOCK_N)
         k_ptrs = Kb + offs_n[None, :] * skn + offs_d[:, None] * skd
@@ -74,7 +79,7 @@ def _fa2_inner(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, off
         # the block max (with the paper fix), scaled to the log2 domain
         if MASKED:
             qk = tl.where(valid, qk, float("-inf"))
-        if FIX:
+        if FIX == FIX_PAPER:
             if MASKED:
                 bm = tl.max(qk, 1) * qk_scale
                 thr = bm - eps2
@@ -89,12 +94,19 @@ def _fa2_inner(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, lo, hi, off
         # P = exp2(S·c − m_new) (one fma.rn.f32 and one ex2.approx.ftz.f32 per score),
         # α = exp2(m_old − m_new), l·α + rowsum(P) (an fma), acc·α (mul.rn.f32)
         p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        l_blk = tl.sum(p, 1)
+        if FIX == FIX_UNBIASED:
+            # one word per row and block: u_row + jb·WEYL_STEP, exact in int64, mod 2^32
+            block = (offs_m * 0 + jb).to(tl.int64)      # jb per row (a tensor also in the interpreter)
+            pb = _sr_bf16_shared(p, (row_word.to(tl.int64) + block * WEYL_STEP).to(tl.uint32))
+            l_blk = tl.sum(pb.to(tl.float32), 1)
+        else:
+            l_blk = tl.sum(p, 1)
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + l_blk
         m_i = m_new
         acc = acc * alpha[:, None]
-        pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR)
+        if FIX != FIX_UNBIASED:
+            pb = _p_cast(p, seed_p, bh, Nq, Nk, offs_m, offs_n, P_SR)
         acc = tl.dot(pb, v, acc)
         if DUMP:
             tl.store(MB + (bh * Nq + offs_m) * NBLK + jb, m_i, mask=row_ok)
@@ -119,6 +131,8 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # the unbiased fix's Philox word per row (tl.randint at the row's flat index)
+    row_word = tl.randint(seed_p, bh * Nq + offs_m) if FIX == FIX_UNBIASED else offs_m.to(tl.uint32)
     # CAUSAL is a runtime flag (0/1): fewer compiled variants, same arithmetic.
     # Blocks 0..n_full-1 lie inside Nk and (causal) wholly at or below the
     # diagonal of the tile's first row: no mask.  The rest (the tail block, the
@@ -131,11 +145,11 @@ def _fa2_fwd(Q, K, V, O, M, L, MB, LB, ACC,
     n_full = full_keys // BLOCK_N
     n_all = (hi + BLOCK_N - 1) // BLOCK_N
     acc, m_i, l_i = _fa2_inner(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, 0, n_full, offs_m, offs_d,
-                               row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL, FIX,
-                               P_SR, DUMP, False)
+                               row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, row_word, BLOCK_N, CAUSAL,
+                               FIX, P_SR, DUMP, False)
     acc, m_i, l_i = _fa2_inner(acc, m_i, l_i, q, Kb, Vb, skn, skd, svn, svd, MB, LB, n_full, n_all, offs_m,
-                               offs_d, row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, BLOCK_N, CAUSAL,
-                               FIX, P_SR, DUMP, True)
+                               offs_d, row_ok, bh, Nq, Nk, NBLK, qk_scale, eps2, beta, seed_p, row_word, BLOCK_N,
+                               CAUSAL, FIX, P_SR, DUMP, True)
     _finish_tile(acc, m_i, l_i, O, M, L, ACC, b, h, bh, offs_m, offs_d, row_ok, sob, soh, som, sod, Nq, seed_o,
                  HEAD_DIM, O_SR, DUMP)
 

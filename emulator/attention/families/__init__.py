@@ -113,6 +113,8 @@ class Family:
     backward: Backward | None = None
     # the format the reference rounds its lse to (None: float64 m + ln l); ln domain only
     lse_format: str | None = None
+    # the fixes (recipes.FIXES names) this family's op sequence defines (Recipe.with_fix)
+    fixes: tuple = ("paper", "offset")
     # recipe options (Recipe fields) the family's emulator kernel implements, e.g. ("paper_code",)
     modes: tuple = ()
     # further recipes of the family: {name: Recipe field values over the family's defaults}
@@ -128,7 +130,7 @@ class Family:
         """The kernel constants for softmax ``scale`` and ``fix`` (a recipes.Fix or None)."""
         to_kernel = (lambda x: float(x)) if fp64 else _fl32
         k = LOG2E if self.domain == "log2" else 1.0
-        if fix is None:
+        if fix is None or fix.name == "unbiased":   # the unbiased fix shifts no maximum
             return KernelScalars(to_kernel(scale * k), 0.0, 1.0, 0.0)
         return KernelScalars(to_kernel(scale * k), to_kernel(fix.eps * k), to_kernel(fix.beta),
                              to_kernel(fix.delta * k))

@@ -20,15 +20,16 @@ from .fa2_backward import BACKWARD
 from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
-from ..units import (FIX_OFFSET, FIX_PAPER, arith_fma, arith_mul, ex2_unit, maxnum, round_add, round_fma, round_mul,
-                     round_stage, row_tree_sum, tc_stage)
+from ..units import (FIX_OFFSET, FIX_PAPER, FIX_UNBIASED, arith_fma, arith_mul, ex2_unit, maxnum, round_add, round_fma, round_mul,
+                     round_stage, round_stage_word, row_tree_sum, shared_word, tc_stage)
 
 FA2_STAGES = stage_table(
     StageSpec("S", "S = Q·Kᵀ on tensor cores (wgmma chain, fp32 accumulator from +0)", "tensor_core"),
     StageSpec("m_scale", "t = fl32(rowmax(S) · c), c = fl32(scale·log2 e)"),
     StageSpec("x", "x = fma(S, c, −m_new): the exp2 argument (one fp32 rounding)"),
     StageSpec("P", "P̄ = ex2.approx.ftz(x) (MUFU.EX2)", "approx"),
-    StageSpec("l_blk", "l_blk = rowsum(P̄): fp32 additions in the wgmma lane-tree order", "sum"),
+    StageSpec("l_blk", "l_blk = rowsum(P̄) (the unbiased fix: rowsum(P̃), P̃ the P_cast values): fp32 "
+              "additions in the wgmma lane-tree order", "sum"),
     StageSpec("alpha_arg", "m_old − m_new (fp32)"),
     StageSpec("alpha", "α = ex2.approx.ftz(m_old − m_new)", "approx"),
     StageSpec("l", "l = fma(l, α, l_blk)"),
@@ -131,20 +132,29 @@ def block_step(job, stages, work, bh, i, jb, running):
             block_probs[jj] = ex2_unit(plan, ledger, record, STAGE.P, x, hw, ex2_pos, ex2_neg, ex2_params, True)
         else:
             block_probs[jj] = 0.0
-    l_blk = row_tree_sum(plan, ledger, record, STAGE.l_blk, block_probs, block_n)
     alpha_arg = round_add(plan, ledger, record, STAGE.alpha_arg, running.m, -m_new, 0)
     alpha = ex2_unit(plan, ledger, record, STAGE.alpha, alpha_arg, hw, ex2_pos, ex2_neg, ex2_params, True)
-    l = round_fma(plan, ledger, record, STAGE.l, running.l, alpha, l_blk, 0)
     for d in range(acc.size):
         acc[d] = round_mul(plan, ledger, record, STAGE.acc_scale, acc[d], alpha, 0)
-    # P̄ → operand format (sr word at the score's flat index), then P̄·V + acc on tensor cores
+    # P̄ → operand format: sr word at the score's flat index, or (the unbiased fix) the
+    # row's shared word of this block
+    unbiased = job.scalars.fix_kind == FIX_UNBIASED
+    word = shared_word(plan, STAGE.P_cast, bh * Nq + i, jb) if unbiased else np.uint64(0)
     for jj in range(block_n):
         j = j0 + jj
-        if valid_key(i, j, Nk, causal):
-            p = round_stage(plan, ledger, record, STAGE.P_cast, block_probs[jj], 0.0, (bh * Nq + i) * Nk + j)
-        else:
+        if not valid_key(i, j, Nk, causal):
             p = 0.0
+        elif unbiased:
+            p = round_stage_word(plan, ledger, record, STAGE.P_cast, block_probs[jj], 0.0, word)
+        else:
+            p = round_stage(plan, ledger, record, STAGE.P_cast, block_probs[jj], 0.0, (bh * Nq + i) * Nk + j)
         set_p_operand(p_operand, jj, p, p_mant, p_emin)
+    # the row sum: of P̄, or (the unbiased fix) of the rounded weights P̃ that multiply V,
+    # so that O = Σ P̃·V / Σ P̃ is a weighted mean whatever way P̄ rounds
+    summed = p_values[0] if unbiased else block_probs
+    l_blk = row_tree_sum(plan, ledger, record, STAGE.l_blk, summed, block_n)
+    l = round_fma(plan, ledger, record, STAGE.l, running.l, alpha, l_blk, 0)
+    # P̃·V + acc on tensor cores
     v_values, v_sig, v_exp, v_spec = block_operand(job.operands.v, bh, j0, j0 + block_n)
     for d in range(acc.size):
         acc[d] = tc_stage(plan, ledger, record, STAGE.PV, hw, p_values, p_sig, p_exp, p_spec, 0,
@@ -175,4 +185,5 @@ def kernel(q, kT, v, scalars, units, plan, tiling, outputs):
 FAMILY = Family(name="fa2", doc="FlashAttention-2 / Triton tutorial: fp32 S, m, l and running output, "
                 "exp2 with the scale folded in, P̄ cast to bf16 for P̄·V",
                 domain="log2", stages=FA2_STAGES, block_m=128, block_n=64, num_warps=8, kernel=kernel,
-                gpu_module="flashbits.gpu.kernels.fa2", backward=BACKWARD)
+                gpu_module="flashbits.gpu.kernels.fa2", backward=BACKWARD,
+                fixes=("paper", "offset", "unbiased"))
