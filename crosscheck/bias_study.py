@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from flashbits.emulator import flash_attention, get_recipe, reference_attention
+from flashbits.emulator.attention.recipes import get_fix
 from flashbits.emulator.attention.stats import bias_stats, signed_error_ulps
 
 from .progress import progress
@@ -57,6 +58,18 @@ def _changes(stage, change: dict) -> bool:
     """Whether overriding ``stage`` with ``change`` is possible and changes its arithmetic."""
     allowed = {"rounding": stage.roundings, "format": stage.formats, "accumulation": stage.accumulations}
     return all(val in allowed[key] and getattr(stage, key) != val for key, val in change.items())
+
+
+def fix_applies(recipe: str, fix_name: str, rounding: str) -> bool:
+    """Whether a fix (a FIX_SPECS name) is a cell of ``recipe``: the family defines it
+    (Family.fixes), and a fix that sets the P̄ and output casts itself (unbiased) is run
+    once, with ``rne`` for the rest."""
+    fix = FIX_SPECS[fix_name]["fix"]
+    if fix is None:
+        return True
+    if fix not in get_recipe(recipe).spec.fixes:
+        return False
+    return not (get_fix(fix).stage_overrides and rounding != "rne")
 
 
 def rounding_overrides(recipe: str, rounding: str) -> dict | None:
@@ -162,15 +175,15 @@ def run_grid(regimes, recipes, fixes, roundings, *, rows=ROWS, ablate="rne", log
     gpu = gpu_confirmations(gpu_record) if gpu_record else {}
     table = []
     kept = {}
-    bar = progress(total=len(regimes) * sum(rounding_overrides(r, rnd) is not None for r in recipes
-                                            for rnd in roundings) * len(fixes), desc="bias grid")
+    bar = progress(total=len(regimes) * sum(rounding_overrides(r, rnd) is not None and fix_applies(r, f, rnd)
+                                            for r in recipes for rnd in roundings for f in fixes), desc="bias grid")
     for regime in regimes:
         q, k, v = regime_inputs(regime, rows=rows)
         ref, _ = reference_attention(q, k, v)
         for recipe in recipes:
             for fix in fixes:
                 for rnd in roundings:
-                    if rounding_overrides(recipe, rnd) is None:
+                    if rounding_overrides(recipe, rnd) is None or not fix_applies(recipe, fix, rnd):
                         continue
                     r, err, st = run_cell(q, k, v, ref, recipe, fix, rnd)
                     stages = {row["stage"]: {"mean_ulp": row["mean_ulp"], "t": row["t"], "ops": row["ops"],

@@ -23,7 +23,8 @@ Numerical contract, both devices alike:
   key/value head h // g, as torch's ``repeat_interleave``; the kernels run on the
   expanded heads, and the gradient of a shared key/value head is the fp32 sum, in
   ascending query-head order, of its g bf16 head gradients, rounded once to bf16 (rne).
-* Stochastic rounding (``rounding="sr"``): each call's Philox key is ``seed`` if given
+* Stochastic rounding (``rounding="sr"``, or ``fix="unbiased"``, which rounds P̄ and the
+  output stochastically itself): each call's Philox key is ``seed`` if given
   (an int: that call reproduces exactly), else drawn from torch's default CPU
   generator (``torch.randint``), so calls and steps never reuse a key and
   ``torch.manual_seed`` makes a whole run reproducible; the backward of a call uses
@@ -151,7 +152,7 @@ def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     """(out bf16 shaped as q, m fp32 (B, H, Nq), l fp32 (B, H, Nq)) of the recipe's forward;
     k, v have H / groups heads; ``fix`` "" for none; ``seed`` an int64 scalar tensor."""
     fx = fix or None
-    key = int(seed.item()) if rounding == "sr" else None
+    key = int(seed.item()) if _random(rounding, fx) else None
     ke, ve = _expand(k, groups), _expand(v, groups)
     if q.is_cuda:
         from .attention import flash_attention
@@ -184,7 +185,7 @@ def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     float64 on the host (see the module docstring); k, v with H / groups heads."""
     rec = get_recipe(recipe)
     fx = fix or None
-    key = int(seed.item()) if rounding == "sr" else None
+    key = int(seed.item()) if _random(rounding, fx) else None
     lse = rec.lse(m.detach().cpu().double().numpy(), l.detach().cpu().double().numpy())
     ke, ve = _expand(k, groups), _expand(v, groups)
     dout = dout.to(torch.bfloat16)
@@ -228,9 +229,14 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 
 # --- the public functions -------------------------------------------------------------
 
-def _call_seed(rounding, seed):
-    """The call's Philox key as an int64 scalar tensor (0 for rne: unused)."""
-    if rounding != "sr":
+def _random(rounding, fix) -> bool:
+    """Whether a call draws random words: sr, or a fix that rounds stochastically (unbiased)."""
+    return rounding == "sr" or fix == "unbiased"
+
+
+def _call_seed(rounding, seed, fix):
+    """The call's Philox key as an int64 scalar tensor (0 when nothing is random: unused)."""
+    if not _random(rounding, fix):
         return torch.zeros((), dtype=torch.int64)
     if seed is not None:
         return torch.tensor(int(seed), dtype=torch.int64)
@@ -263,7 +269,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             _refuse(f"{e}; a gradient is needed here")
     sc = softmax_scale(scale, q.shape[-1])
     out, _, _ = attention_forward(q, k, v, bool(is_causal), sc, rec.name, "" if fx is None else fx.name,
-                                  rounding, _call_seed(rounding, seed), groups)
+                                  rounding, _call_seed(rounding, seed, None if fx is None else fx.name), groups)
     return out.squeeze(0) if squeeze else out
 
 

@@ -177,6 +177,16 @@ def test_sr_keys_never_repeat_and_reproduce_from_torch_manual_seed():
                                   _bits(sdpa(q, k, v, rounding="sr", seed=7)))
 
 
+def test_the_unbiased_fix_draws_a_key_per_call():
+    q, k, v, _ = _inputs(1, 1, 1, 64, 64, 64, grad=False)
+    a, b = sdpa(q, k, v, fix="unbiased"), sdpa(q, k, v, fix="unbiased")
+    assert (_bits(a) != _bits(b)).any(), "two calls of the unbiased fix drew the same Philox key"
+    f32 = [t.float().numpy() for t in (q, k, v)]
+    want = emulator.flash_attention(*f32, fix="unbiased", seed=21).out
+    np.testing.assert_array_equal(_bits(sdpa(q, k, v, fix="unbiased", seed=21)),
+                                  _bits(torch.from_numpy(want).to(torch.bfloat16)))
+
+
 def test_sr_backward_uses_the_forwards_key():
     q, k, v, do = _inputs(1, 1, 1, 48, 48, 64, seed=9)
     torch.manual_seed(5)
