@@ -47,15 +47,21 @@ class Config:
 
     @property
     def name(self) -> str:
-        f = f"fix={self.fix}(eps={self.eps:g},beta={self.beta:g})" if self.fix else "nofix"
+        if self.fix == "paper":
+            f = f"fix={self.fix}(eps={self.eps:g},beta={self.beta:g})"
+        else:
+            f = f"fix={self.fix}" if self.fix else "nofix"
         return f"{self.recipe}/{f}/{self.rounding}" + (f"/{self.tile}" if self.tile else "")
 
     def kwargs(self, side: str = "emulator") -> dict:
         """Keyword arguments of emulator.flash_attention (side="emulator") or
         gpu.flash_attention (side="gpu")."""
-        kw = {"recipe": self.recipe, "rounding": self.rounding, "seed": self.seed if self.rounding == "sr" else None}
-        if self.fix:
+        random = self.rounding == "sr" or self.fix in FIXES_WITH_OWN_ROUNDING
+        kw = {"recipe": self.recipe, "rounding": self.rounding, "seed": self.seed if random else None}
+        if self.fix == "paper":
             kw.update(fix=self.fix, eps=self.eps, beta=self.beta)
+        elif self.fix:
+            kw.update(fix=self.fix)   # a fix without parameters (unbiased)
         tiles = ("block_m", "block_n") + (("num_warps", "num_stages") if side == "gpu" else ())
         kw.update({t: getattr(self, t) for t in tiles if getattr(self, t) is not None})
         return kw

@@ -119,6 +119,7 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
     """
     rec = get_recipe(recipe)
     fx = get_fix(fix)
+    rec.with_fix(fx)   # the family must define the fix (which then enters no backward operation)
     if precision not in ("hw", "fp64"):
         raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
     fp64 = precision == "fp64"
