@@ -7,7 +7,7 @@ shows (the paper: similar low-rank keys, a few near-equal maxima, V features of
 one sign on average): 1–3 exactly tied maxima, the other scores spread 3–15
 nats below, V ~ N(−0.3, 0.5).  ``repeated`` and ``same-tie`` go beyond the paper:
 rows alike enough that a deterministic rounding of P̄ errs the same way in every row
-(a repeated token; a tied maximum of one value everywhere).
+(a repeated token, over 128 keys: two key blocks; a tied maximum of one value everywhere).
 """
 
 from __future__ import annotations

@@ -112,7 +112,10 @@ def flash_attention_backward(q, k, v, out, lse, dout, *, recipe="fa2", fix=None,
     ``dump``: also the fp32 P and dS of both kernels (:class:`GpuBackwardResult`).
     Tiles (``block_m1``, ``block_n1``: the dK/dV kernel's query rows × keys;
     ``block_m2``, ``block_n2``: the dQ kernel's; 16 to 128), ``num_warps`` (4, 8) and
-    ``num_stages`` (2 to 4) change speed only.
+    ``num_stages`` (2 to 4) change speed only, for finite inputs: with causal masking and
+    a non-finite q, k or dO, a masked lane's 0·inf is NaN, so ``block_n1`` and
+    ``block_m2`` decide which masked lanes the chains visit; the emulator follows the
+    defaults (emulator/attention/families/fa2_backward.py).
     """
     torch = _require_torch()
     import triton

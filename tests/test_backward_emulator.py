@@ -361,3 +361,27 @@ def test_backward_record_round_trip_locates_a_planted_mismatch(tmp_path):
     res = replay_record(path, log=lambda *_: None)
     assert res["mismatches"] == 1
     assert res["failures"][0]["tensor"] == "dk" and res["failures"][0]["launch"] == "dump"
+
+
+def test_the_causal_chains_follow_the_kernels_default_tiles():
+    """The emulator's causal dK/dV and dQ chains visit the masked lanes the kernels' default
+    programs visit (a masked 0·inf is NaN, so for non-finite inputs the lanes decide the
+    bits; fa2_backward's docstring): its constants are the kernel module's tiles."""
+    pytest.importorskip("triton")
+    from flashbits.emulator.attention.families import fa2_backward as emu
+    from flashbits.gpu.kernels import fa2_bwd as kern
+
+    assert (emu.KERNEL_DKDV_KEYS, emu.KERNEL_DQ_ROWS) == (kern.BLOCK_N1, kern.BLOCK_M2)
+
+
+def test_a_masked_inf_key_reaches_dq_as_the_dq_tile_visits_it():
+    """Causal, one inf in K at key 100: rows 0..99 never see it, but row i's dQ chain runs to
+    the end of its 128-row dQ tile, so 0·inf = NaN reaches the dQ of rows 0..99 (as on
+    the GPU), whose forward is finite."""
+    rng = np.random.default_rng(3)
+    q, k, v, do = (quantize(rng.standard_normal((1, 1, 130, 64)), "bf16") for _ in range(4))
+    k[0, 0, 100, 3] = np.inf
+    f = fb.flash_attention(q, k, v, causal=True)
+    g = fb.flash_attention_backward(q, k, v, f.out, f.lse, do, causal=True)
+    assert np.isfinite(f.out[0, 0, :100]).all()       # rows before key 100 never see it...
+    assert np.isnan(g.dq[0, 0, :100, 3]).all()        # ...but their dQ chains do (masked 0·inf)

@@ -88,7 +88,8 @@ def test_worked_example_shows_a_sticky_tie():
 def test_regimes_are_bf16_and_sized():
     for name in REGIMES:
         q, k, v = regime_inputs(name, rows=32)
-        assert q.shape == (1, 1, 32, 64) and k.shape == (1, 1, 64, 64)
+        keys = 128 if name == "repeated" else 64   # repeated: two key blocks (regimes' docstring)
+        assert q.shape == (1, 1, 32, 64) and k.shape == v.shape == (1, 1, keys, 64), name
         for x in (q, k, v):
             assert np.array_equal(to_bits(x, "bf16").astype(np.uint32) << 16, x.view(np.uint32))
 

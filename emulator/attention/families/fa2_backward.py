@@ -25,6 +25,14 @@ after a query block's last key) change nothing, and a chain over all query rows 
 keys) is the same whatever blocks the kernel splits it into, as long as steps stay
 aligned to multiples of 16, which every tile is.  The emulator's blocks below are
 its own choice.
+
+Except for non-finite operands: a masked lane's product is 0 · Q_i (or dO_i, K_j), and
+0 · ±inf is NaN.  Then the lanes a kernel visits decide the bits, so the causal chains
+here visit what the kernels' default tiles visit (the first H100 run of the backward
+kernels found this: an ``inf_inputs`` case, dQ NaN on the GPU, 0 here): a key's dK/dV
+chain starts at the first row of its dK/dV program's key tile (``KERNEL_DKDV_KEYS``
+keys), a row's dQ chain ends at the last key of its dQ program's row tile
+(``KERNEL_DQ_ROWS`` rows).  Other kernel tiles give other bits for such inputs.
 """
 
 from __future__ import annotations
@@ -65,6 +73,10 @@ STAGE = stage_indices(FA2_BACKWARD_STAGES)   # a global namedtuple: numba freeze
 # the emulator's own blocks (multiples of 16: module docstring)
 BLOCK_M = 64
 BLOCK_N = 64
+# the default tiles of the kernels whose causal extent the chains follow (module docstring):
+# gpu.kernels.fa2_bwd.BLOCK_N1 (keys per dK/dV program) and BLOCK_M2 (rows per dQ program)
+KERNEL_DKDV_KEYS = 128
+KERNEL_DQ_ROWS = 128
 
 
 @nb.njit(inline="always", error_model="numpy")
@@ -123,8 +135,9 @@ def key_block(ops, scalars, units, stages, lse2, delta, outs, bh, j0, pT, dsT, a
         for d in range(D):
             acc_dv[jj, d] = 0.0
             acc_dk[jj, d] = 0.0
-    # a causal key block is first seen by row j0 (earlier rows add zero steps only)
-    i_start = (j0 // BLOCK_M) * BLOCK_M if causal else 0
+    # causal: the chain starts where the kernel's program of these keys starts, the first row
+    # of its key tile (earlier rows of it add masked zero products; module docstring)
+    i_start = ((j0 // KERNEL_DKDV_KEYS) * KERNEL_DKDV_KEYS // BLOCK_M) * BLOCK_M if causal else 0
     for i0 in range(i_start, Nq, BLOCK_M):
         for ii in range(BLOCK_M):
             i = i0 + ii
@@ -214,13 +227,16 @@ def query_rows(ops, scalars, units, plan, outs, ch, n_chunks):
     for r in range(ch * R // n_chunks, (ch + 1) * R // n_chunks):
         bh = r // Nq
         i = r % Nq
-        hi = min(Nk, i + 1) if outs.causal else Nk
+        # causal: the chain runs to the last key the kernel's program of this row visits, the
+        # end of its row tile (later lanes of it are masked zero products; module docstring)
+        hi = min(Nk, (i // KERNEL_DQ_ROWS + 1) * KERNEL_DQ_ROWS) if outs.causal else Nk
         for d in range(D):
             acc[d] = 0.0
         for j0 in range(0, hi, BLOCK_N):
             for jj in range(BLOCK_N):
                 j = j0 + jj
-                set_operand(ds_row, 0, jj, ds_cast[bh, i, j] if j < hi else 0.0, BF16_MANT, BF16_EMIN)
+                ds = ds_cast[bh, i, j] if _valid(i, j, Nq, Nk, outs.causal) else 0.0
+                set_operand(ds_row, 0, jj, ds, BF16_MANT, BF16_EMIN)
             kb_values, kb_sig, kb_exp, kb_spec = block_operand(ops.k, bh, j0, j0 + BLOCK_N)
             for d in range(D):
                 acc[d] = tc_stage(plan, ledger, record, STAGE.dQ, hw, ds_values, ds_sig, ds_exp, ds_spec, 0,
