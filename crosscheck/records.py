@@ -24,6 +24,8 @@ part            steps and what they write
                 production and dump launches, ``--cases`` cases, 3 kept per
                 configuration in ``backward_golden.npz`` (``OUT/backward/<step>/``)
 ``bias``        ``crosscheck.bias_confirm``: every kernel cell of the bias study
+``sdpa``        ``gpu.probes.sdpa_probe``: the torch drop-in's record ``sdpa_golden.npz``
+                (forward and gradients through the custom ops) and ``sdpa_gpu.json``
 ``tiles``       one step per recipe: every other tile the kernels accept
                 (``sides.other_tiles``), no fix with rne and the paper fix with sr
                 side by side, 48 cases each (``--cases``), one kept per tile
@@ -54,7 +56,7 @@ installs it into ``tests/data/hw/``:
   ``backward_golden.npz`` (entries of
   configurations not installed now are kept; provenance: the first run's, with
   every run's under ``runs``);
-* the bias files as they are; ``bench.json`` as
+* the bias files and the drop-in's files as they are; ``bench.json`` as
   ``benchmarks/results/h200_attention_bench.json``.
 
 The parts read the GPU only through child processes (``python -m ...``), so this
@@ -78,7 +80,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)  # the repository root when run from a checkout
 PROBE_RECORDS = ("exp2_golden.npz", "dot_golden.npz", "casts_golden.npz")
-PARTS = ("exp2", "exp2_verify", "dots", "casts", "attention", "backward", "bias", "tiles", "bench")
+PARTS = ("exp2", "exp2_verify", "dots", "casts", "attention", "backward", "bias", "sdpa", "tiles", "bench")
 MANIFEST = "manifest.json"
 
 # Seconds per step on the H200 host (16 cores), from the installed records: the
@@ -89,10 +91,10 @@ MANIFEST = "manifest.json"
 # configurations' sums in crosscheck/tiles_*.json (the fa2 step's dates: 7.5 min);
 # bench: not recorded (it ran under a 300 s cap); backward: not yet run (a guess: the
 # emulator's backward costs about 4 forwards).  Each adds ~20 s of start-up.
-ESTIMATE_S = {"exp2": 70, "exp2_verify": 50, "dots": 30, "casts": 135, "attention": 220, "backward": 500,
+ESTIMATE_S = {"exp2": 70, "exp2_verify": 50, "dots": 30, "casts": 135, "attention": 220, "backward": 500, "sdpa": 180,
               "bias": 60, "tiles": 450, "bench": 300}
 # a step is killed after this many seconds (a hung compile must not eat the call)
-CAP_S = {"exp2": 300, "exp2_verify": 300, "dots": 300, "casts": 400, "attention": 540, "backward": 570,
+CAP_S = {"exp2": 300, "exp2_verify": 300, "dots": 300, "casts": 400, "attention": 540, "backward": 570, "sdpa": 400,
          "bias": 300, "tiles": 570, "bench": 300}
 # the tile steps' two configurations: (fix, rounding), run side by side
 TILE_CONFIGS = ((None, "rne"), ("paper", "sr"))
@@ -165,6 +167,9 @@ def plan(out: str, cases: int | None = None, workers: int | None = None, python:
     steps.append(Step("bias", "bias", d, [([python, "-m", "flashbits.crosscheck.bias_confirm",
                                             os.path.join(out, d, "bias_gpu_confirmation.json"),
                                             os.path.join(out, d, "attention_bias_golden.npz")],
+                                           os.path.join(d, "log.txt"))]))
+    d = "sdpa"
+    steps.append(Step("sdpa", "sdpa", d, [([python, "-m", "flashbits.gpu.probes.sdpa_probe", os.path.join(out, d)],
                                            os.path.join(d, "log.txt"))]))
     for recipe in KERNEL_RECIPES:
         cmds = []
@@ -368,7 +373,7 @@ def _is_tile_report(report: dict) -> bool:
 def _classify(outdirs) -> dict:
     """{kind: [directories]} for every directory under ``outdirs`` that holds
     something installable (kind: probes, crosscheck, bias, bench)."""
-    found = {"probes": [], "crosscheck": [], "bias": [], "bench": []}
+    found = {"probes": [], "crosscheck": [], "bias": [], "bench": [], "sdpa": []}
     for top in outdirs:
         if not os.path.isdir(top):
             raise FileNotFoundError(f"no such directory: {top}")
@@ -384,6 +389,8 @@ def _classify(outdirs) -> dict:
                 found["bias"].append(d)
             if "bench.json" in files:
                 found["bench"].append(d)
+            if "sdpa_golden.npz" in files:
+                found["sdpa"].append(d)
     return found
 
 
@@ -520,6 +527,11 @@ def install(outdirs, repo: str | None = None, log=print) -> dict:
     hw = os.path.join(repo, "tests", "data", "hw")
     for d in found["bias"]:
         for name in ("bias_gpu_confirmation.json", "attention_bias_golden.npz"):
+            if os.path.exists(os.path.join(d, name)):
+                shutil.copy(os.path.join(d, name), os.path.join(hw, name))
+                log(f"installed tests/data/hw/{name}")
+    for d in found["sdpa"]:
+        for name in ("sdpa_golden.npz", "sdpa_gpu.json"):
             if os.path.exists(os.path.join(d, name)):
                 shutil.copy(os.path.join(d, name), os.path.join(hw, name))
                 log(f"installed tests/data/hw/{name}")

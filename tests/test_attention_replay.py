@@ -55,12 +55,17 @@ def test_record_provenance(path):
 
 
 def test_golden_record_covers_what_it_claims():
-    """Every kernel configuration (both recipes, with and without the fix, rne and
-    sr); both launches; the dump tensors hold the NaN padding of rows that visit
-    fewer key blocks, and the GPU's out is bf16 codes."""
+    """Every kernel configuration (both recipes, with and without the paper fix, rne and
+    sr; fa2 with the unbiased fix, which sets its casts itself); both launches; the dump
+    tensors hold the NaN padding of rows that visit fewer key blocks, and the GPU's out is
+    bf16 codes."""
+    from flashbits.crosscheck.sides import KERNEL_FIXES, kernel_config
+
     entries, _ = load_record(GOLDEN)
     cfgs = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding) for e in entries}
-    assert cfgs == {(r, f, rd) for r in ("fa2", "paper") for f in (None, "paper") for rd in ("rne", "sr")}
+    assert cfgs == {(r, f, rd) for r in ("fa2", "paper") for f in KERNEL_FIXES for rd in ("rne", "sr")
+                    if kernel_config(r, f, rd)}
+    assert ("fa2", "unbiased", "rne") in cfgs
     for e in entries:
         assert e["prod"] is not None and e["dump"] is not None
         assert set(e["dump"]) >= {"out", "m", "l", "m_blocks", "l_blocks", "acc"}

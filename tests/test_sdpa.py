@@ -63,8 +63,11 @@ FORWARD_ENTRIES = _forward_entries()
 
 
 def test_the_record_holds_every_kernel_configuration():
+    from flashbits.crosscheck.sides import KERNEL_FIXES, kernel_config
+
     configs = {(e["cfg"].recipe, e["cfg"].fix, e["cfg"].rounding) for e in FORWARD_ENTRIES}
-    assert configs == {(r, f, rd) for r in ("fa2", "paper") for f in (None, "paper") for rd in ("rne", "sr")}
+    assert configs == {(r, f, rd) for r in ("fa2", "paper") for f in KERNEL_FIXES for rd in ("rne", "sr")
+                       if kernel_config(r, f, rd)}
 
 
 @pytest.mark.parametrize("i", range(len(FORWARD_ENTRIES)))
@@ -74,11 +77,33 @@ def test_the_drop_in_gives_the_gpu_records_bits_on_the_cpu(i):
     assert (cfg.eps, cfg.beta) == (1e-3, 2.0)   # the drop-in's fix "paper" takes the default eps, beta
     q, k, v = (torch.from_numpy(np.asarray(e[t], np.float32)).to(torch.bfloat16) for t in ("q", "k", "v"))
     out = sdpa(q, k, v, is_causal=case.causal, recipe=cfg.recipe, fix=cfg.fix, rounding=cfg.rounding,
-               seed=cfg.seed if cfg.rounding == "sr" else None)
+               seed=cfg.seed if cfg.rounding == "sr" or cfg.fix == "unbiased" else None)
     got, want = _bits(out).ravel(), e["prod"]["out"].view(np.int16).ravel()
     assert got.shape == want.shape
     bad = np.flatnonzero(got != want)
     assert bad.size == 0, f"{bad.size} of {got.size} outputs differ from the GPU's, first at {bad[0]}"
+
+
+# the drop-in's own GPU record (gpu/probes/sdpa_probe.py): forward and gradients
+from flashbits.gpu.probes.sdpa_probe import load_record as load_sdpa_record  # noqa: E402
+from flashbits.gpu.probes.sdpa_probe import run_case  # noqa: E402
+
+SDPA_ENTRIES, SDPA_PROVENANCE = load_sdpa_record(os.path.join(HW, "sdpa_golden.npz"))
+
+
+def test_the_drop_in_record_comes_from_a_gpu():
+    assert "H100" in SDPA_PROVENANCE["gpu"] or "H200" in SDPA_PROVENANCE["gpu"]
+    assert len(SDPA_ENTRIES) == 20 and sum(c[5] for c, _ in SDPA_ENTRIES) == 16   # 16 with gradients
+
+
+@pytest.mark.parametrize("i", range(len(SDPA_ENTRIES)))
+def test_the_drop_in_gives_the_gpus_forward_and_gradients_on_the_cpu(i):
+    case, want = SDPA_ENTRIES[i]
+    got = run_case(case, "cpu", torch)
+    assert set(got) == set(want)
+    for name in want:
+        bad = np.flatnonzero(got[name].ravel() != want[name].ravel())
+        assert bad.size == 0, f"{name}: {bad.size} of {want[name].size} elements differ from the GPU's"
 
 
 # --- accuracy: FlashAttention's rule --------------------------------------------------
