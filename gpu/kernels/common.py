@@ -8,7 +8,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-
 # what the launcher needs beyond KERNEL: the stages whose rounding a kernel
 # switches, rne or sr with 16 random bits ({stage: (constexpr, seed argument)};
 # every other stage is fixed to the family's plan); each family module says which

@@ -15,11 +15,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..attention import KERNEL_FIXES_OF
 from .common import FIX_PAPER, FIX_UNBIASED, WEYL_STEP, _NO_SPEC, _finish_tile, _p_cast, _row_tile, _sr_bf16_shared
 # what the launcher reads from a family module besides KERNEL and FIXES (both kernels switch the same casts)
 from .common import SR_RAND_BITS, SR_STAGES  # noqa: F401
-
-from ..attention import KERNEL_FIXES_OF
 
 FIXES = KERNEL_FIXES_OF["fa2"]
 

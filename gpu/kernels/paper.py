@@ -12,7 +12,6 @@ import triton.language as tl
 from .common import _NO_SPEC, _finish_tile, _p_cast, _row_tile
 # what the launcher reads from a family module besides KERNEL (both kernels switch the same casts)
 from .common import SR_RAND_BITS, SR_STAGES  # noqa: F401
-
 from ..attention import KERNEL_FIXES_OF
 
 FIXES = KERNEL_FIXES_OF["paper"]

@@ -20,8 +20,8 @@ from .fa2_backward import BACKWARD
 from ..rows import (Running, block_operand, make_job, make_row_driver, row_operand, set_p_operand,
                     valid_key)
 from ..stages import CASTS, ROUNDINGS, StageSpec, stage_indices, stage_table
-from ..units import (FIX_OFFSET, FIX_PAPER, FIX_UNBIASED, arith_fma, arith_mul, ex2_unit, maxnum, round_add, round_fma, round_mul,
-                     round_stage, round_stage_word, row_tree_sum, shared_word, tc_stage)
+from ..units import (FIX_OFFSET, FIX_PAPER, FIX_UNBIASED, arith_fma, arith_mul, ex2_unit, maxnum, round_add,
+                     round_fma, round_mul, round_stage, round_stage_word, row_tree_sum, shared_word, tc_stage)
 
 FA2_STAGES = stage_table(
     StageSpec("S", "S = Q·Kᵀ on tensor cores (wgmma chain, fp32 accumulator from +0)", "tensor_core"),
