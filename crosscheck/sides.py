@@ -9,6 +9,7 @@ import numpy as np
 
 from flashbits.emulator import flash_attention as emu_flash_attention
 from flashbits.emulator import to_bits
+from flashbits.emulator.attention.recipes import get_fix
 from flashbits.gpu.attention import KERNEL_FIXES as _KERNEL_FIXES
 from flashbits.gpu.attention import kernel_fixes
 
@@ -56,7 +57,7 @@ class Config:
     def kwargs(self, side: str = "emulator") -> dict:
         """Keyword arguments of emulator.flash_attention (side="emulator") or
         gpu.flash_attention (side="gpu")."""
-        random = self.rounding == "sr" or self.fix in FIXES_WITH_OWN_ROUNDING
+        random = self.rounding == "sr" or (self.fix is not None and get_fix(self.fix).needs_seed)
         kw = {"recipe": self.recipe, "rounding": self.rounding, "seed": self.seed if random else None}
         if self.fix == "paper":
             kw.update(fix=self.fix, eps=self.eps, beta=self.beta)
@@ -83,17 +84,13 @@ class Config:
 # the fix settings the GPU kernels run: none, and those they implement
 # (gpu.attention.KERNEL_FIXES; the others run in the emulator only)
 KERNEL_FIXES = (None,) + _KERNEL_FIXES
-# fixes that set the P̄ and output casts' rounding themselves: one configuration each
-FIXES_WITH_OWN_ROUNDING = ("unbiased",)
-
-
 def kernel_config(recipe, fix, rounding) -> bool:
     """Whether (recipe, fix, rounding) is a distinct configuration the kernels run: the
     fix is one the recipe's kernel implements (gpu.attention.kernel_fixes), and a fix that
-    sets the casts itself (unbiased) runs once, as rounding rne."""
+    sets the casts itself (``Fix.stage_overrides``: unbiased) runs once, as rounding rne."""
     if fix not in kernel_fixes(recipe):
         return False
-    return not (fix in FIXES_WITH_OWN_ROUNDING and rounding != "rne")
+    return fix is None or rounding == "rne" or not get_fix(fix).stage_overrides
 
 
 _TILE = re.compile(r"(\d+)x(\d+)w(\d+)(?:s(\d+))?")

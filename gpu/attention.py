@@ -205,8 +205,8 @@ def plan_launch(rec: Recipe, fix, D: int, scale, seed, num_stages=DEFAULT_STAGES
     sr = [(stage, flags[flag]) for stage, (flag, _) in kmod.SR_STAGES.items()]
     if any(on for _, on in sr) and seed is None:
         raise ValueError("stochastic rounding needs seed=<int> (the Philox key shared with the emulator)"
-                         + ("; fix='unbiased' rounds P̄ and the output stochastically"
-                            if fix is not None and fix.name == 'unbiased' else ""))
+                         + (f"; fix={fix.name!r} rounds P̄ and the output stochastically"
+                            if fix is not None and fix.needs_seed else ""))
     ks = rec.scalars(softmax_scale(scale, D), fix)
     return KernelLaunch(rec=rec, kernel=kmod.KERNEL, scalars=(ks.qk_scale, ks.eps, ks.beta),
                         seeds=tuple(stage_seed(seed, stage) if on else 0 for stage, on in sr),

@@ -17,17 +17,64 @@ import json
 import sys
 
 
-def time_forward(fn, B, H, N, D, causal):
-    """(ms, TFLOP/s) of the attention launch ``fn()`` on (B, H, N, D): one call, then
-    the median of triton.testing.do_bench (25 ms warm-up, 200 ms of repeats);
-    FLOPs = 4·B·H·N²·D, half of that causal.  Every benchmark here times this way."""
+def time_launch(fn, flops):
+    """(ms, TFLOP/s) of the launch ``fn()`` doing ``flops``: one call, then the median of
+    triton.testing.do_bench (25 ms warm-up, 200 ms of repeats).  Every benchmark here
+    times this way."""
     import torch
     import triton
 
     fn()
     torch.cuda.synchronize()
     ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    return ms, 4 * B * H * N * N * D * (0.5 if causal else 1.0) / ms * 1e-9
+    return ms, flops / ms * 1e-9
+
+
+def time_forward(fn, B, H, N, D, causal):
+    """time_launch of a forward on (B, H, N, D): FLOPs = 4·B·H·N²·D, half of that causal."""
+    return time_launch(fn, 4 * B * H * N * N * D * (0.5 if causal else 1.0))
+
+
+class BenchTable:
+    """Rows of one benchmark run: ``bench(name, fn, causal)`` times a launch with ``timer``
+    (fn, causal) → (ms, TFLOP/s), recording a backend that fails as unavailable;
+    ``report(json_path, shape)`` prints the table with the ratios against FlexAttention
+    measured in the same run, and writes the numbers with provenance."""
+
+    def __init__(self, timer, width=34):
+        self.timer, self.width, self.rows = timer, width, []
+
+    def bench(self, name, fn, causal):
+        w, mask = self.width, "causal" if causal else "full"
+        try:
+            ms, tf = self.timer(fn, causal)
+        except Exception as e:  # noqa: BLE001 - a backend may be unavailable; say so
+            self.rows.append({"kernel": name, "causal": causal, "error": repr(e)[:200]})
+            print(f"{name:<{w}}{mask:<8} unavailable: {repr(e)[:120]}", flush=True)
+            return
+        self.rows.append({"kernel": name, "causal": causal, "ms": ms, "tflops": tf})
+        print(f"{name:<{w}}{mask:<8}{ms:9.3f} ms {tf:8.1f} TFLOP/s", flush=True)
+
+    def report(self, json_path, shape):
+        rows, w = self.rows, self.width
+        print()
+        for causal in (False, True):
+            base = next((r for r in rows if r["kernel"].startswith("flex") and r["causal"] == causal and "ms" in r),
+                        None)
+            if base:
+                for r in rows:
+                    if r["causal"] == causal and "ms" in r:
+                        r["vs_flex"] = base["ms"] / r["ms"]
+        print(f"{'kernel':<{w}}{'mask':<8}{'TFLOP/s':>9}{'vs flex':>9}")
+        for r in rows:
+            if "ms" in r:
+                print(f"{r['kernel']:<{w}}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}"
+                      f"{r.get('vs_flex', 0):9.3f}")
+        if json_path:
+            from flashbits.gpu.provenance import provenance
+
+            with open(json_path, "w") as f:
+                json.dump({"provenance": provenance(), "shape": list(shape), "rows": rows}, f, indent=1)
 
 
 def main(argv=None):
@@ -54,17 +101,8 @@ def main(argv=None):
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     flex = torch.compile(flex_attention)
-    rows = []
-
-    def bench(name, fn, causal):
-        try:
-            ms, tf = time_forward(fn, B, H, N, D, causal)
-        except Exception as e:  # noqa: BLE001 - a backend may be unavailable; say so
-            rows.append({"kernel": name, "causal": causal, "error": repr(e)[:200]})
-            print(f"{name:<34}{'causal' if causal else 'full':<8} unavailable: {repr(e)[:120]}", flush=True)
-            return
-        rows.append({"kernel": name, "causal": causal, "ms": ms, "tflops": tf})
-        print(f"{name:<34}{'causal' if causal else 'full':<8}{ms:9.3f} ms {tf:8.1f} TFLOP/s", flush=True)
+    table = BenchTable(lambda fn, causal: time_forward(fn, B, H, N, D, causal))
+    bench = table.bench
 
     for causal in (False, True):
         bm = create_block_mask(lambda b, h, qi, ki: qi >= ki, B, H, N, N) if causal else None
@@ -88,22 +126,7 @@ def main(argv=None):
                               q, k, v, causal=causal, fix=fix, block_m=bmv, block_n=bnv, num_warps=w,
                               num_stages=s, rounding=rd, seed=1 if rd == "sr" or fix == "unbiased" else None),
                           causal)
-    print()
-    for causal in (False, True):
-        base = next((r for r in rows if r["kernel"].startswith("flex") and r["causal"] == causal and "ms" in r), None)
-        if base:
-            for r in rows:
-                if r["causal"] == causal and "ms" in r:
-                    r["vs_flex"] = base["ms"] / r["ms"]
-    print(f"{'kernel':<34}{'mask':<8}{'TFLOP/s':>9}{'vs flex':>9}")
-    for r in rows:
-        if "ms" in r:
-            print(f"{r['kernel']:<34}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
-    if args.json:
-        from flashbits.gpu.provenance import provenance
-
-        with open(args.json, "w") as f:
-            json.dump({"provenance": provenance(), "shape": [B, H, N, D], "rows": rows}, f, indent=1)
+    table.report(args.json, (B, H, N, D))
     return 0
 
 

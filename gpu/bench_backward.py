@@ -17,21 +17,15 @@ and the ratios against FlexAttention measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
 def time_backward(fn, B, H, N, D, causal):
-    """(ms, TFLOP/s) of the backward launch ``fn()`` on (B, H, N, D): one call, then the
-    median of triton.testing.do_bench (25 ms warm-up, 200 ms of repeats);
-    FLOPs = 10·B·H·N²·D (2.5 forwards), half of that causal."""
-    import torch
-    import triton
+    """gpu.bench.time_launch of a backward on (B, H, N, D): FLOPs = 10·B·H·N²·D (2.5
+    forwards), half of that causal."""
+    from .bench import time_launch
 
-    fn()
-    torch.cuda.synchronize()
-    ms = triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-    return ms, 10 * B * H * N * N * D * (0.5 if causal else 1.0) / ms * 1e-9
+    return time_launch(fn, 10 * B * H * N * N * D * (0.5 if causal else 1.0))
 
 
 def parse_variant(var):
@@ -62,21 +56,14 @@ def main(argv=None):
 
     from flashbits.gpu import flash_attention, flash_attention_backward
 
+    from .bench import BenchTable
+
     B, H, N, D = args.B, args.H, args.N, args.D
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     flex = torch.compile(flex_attention)
-    rows = []
-
-    def bench(name, fn, causal):
-        try:
-            ms, tf = time_backward(fn, B, H, N, D, causal)
-        except Exception as e:  # noqa: BLE001 - a backend may be unavailable; say so
-            rows.append({"kernel": name, "causal": causal, "error": repr(e)[:200]})
-            print(f"{name:<40}{'causal' if causal else 'full':<8} unavailable: {repr(e)[:120]}", flush=True)
-            return
-        rows.append({"kernel": name, "causal": causal, "ms": ms, "tflops": tf})
-        print(f"{name:<40}{'causal' if causal else 'full':<8}{ms:9.3f} ms {tf:8.1f} TFLOP/s", flush=True)
+    table = BenchTable(lambda fn, causal: time_backward(fn, B, H, N, D, causal), width=40)
+    bench = table.bench
 
     def torch_backward(forward):
         qg, kg, vg = (t.detach().clone().requires_grad_() for t in (q, k, v))
@@ -114,22 +101,7 @@ def main(argv=None):
                               q, k, v, out, lse, do, causal=causal, fix=fix, rounding=rd,
                               seed=1 if rd == "sr" else None, **tiles),
                           causal)
-    print()
-    for causal in (False, True):
-        base = next((r for r in rows if r["kernel"].startswith("flex") and r["causal"] == causal and "ms" in r), None)
-        if base:
-            for r in rows:
-                if r["causal"] == causal and "ms" in r:
-                    r["vs_flex"] = base["ms"] / r["ms"]
-    print(f"{'kernel':<40}{'mask':<8}{'TFLOP/s':>9}{'vs flex':>9}")
-    for r in rows:
-        if "ms" in r:
-            print(f"{r['kernel']:<40}{'causal' if r['causal'] else 'full':<8}{r['tflops']:9.1f}{r.get('vs_flex', 0):9.3f}")
-    if args.json:
-        from flashbits.gpu.provenance import provenance
-
-        with open(args.json, "w") as f:
-            json.dump({"provenance": provenance(), "shape": [B, H, N, D], "rows": rows}, f, indent=1)
+    table.report(args.json, (B, H, N, D))
     return 0
 
 

@@ -230,8 +230,9 @@ attention_forward.register_autograd(_backward, setup_context=_setup_context)
 # --- the public functions -------------------------------------------------------------
 
 def _random(rounding, fix) -> bool:
-    """Whether a call draws random words: sr, or a fix that rounds stochastically (unbiased)."""
-    return rounding == "sr" or fix == "unbiased"
+    """Whether a call draws random words: sr, or a fix that rounds stochastically itself
+    (``Fix.needs_seed``: unbiased); ``fix`` a name or None."""
+    return rounding == "sr" or (fix is not None and get_fix(fix).needs_seed)
 
 
 def _call_seed(rounding, seed, fix):

@@ -181,9 +181,9 @@ def flash_attention(q, k, v, *, recipe="fa2", fix=None, causal=False, scale=None
     """
     fx = get_fix(fix, eps, beta, delta)
     rec = get_recipe(recipe).configured(overrides, rounding, block_m=block_m, block_n=block_n).with_fix(fx)
-    if fx is not None and fx.name == "unbiased" and seed is None:
-        raise ValueError("fix='unbiased' rounds the output cast stochastically: pass seed=<int> (the Philox key; "
-                         "a new one per call in training)")
+    if fx is not None and fx.needs_seed and seed is None:
+        raise ValueError(f"fix={fx.name!r} rounds P̄ and the output cast stochastically: pass seed=<int> (the "
+                         "Philox key; a new one per call in training)")
     if precision not in ("hw", "fp64"):
         raise ValueError(f"precision must be 'hw' or 'fp64', got {precision!r}")
     fp64 = precision == "fp64"

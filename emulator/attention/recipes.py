@@ -90,6 +90,11 @@ class Fix:
         """The stage changes the fix brings with it (applied over the caller's rounding)."""
         return {name: dict(ov) for name, ov in FIX_STAGE_OVERRIDES.get(self.name, {}).items()}
 
+    @property
+    def needs_seed(self) -> bool:
+        """Whether the fix rounds a stage stochastically itself (then a call needs a seed)."""
+        return any(ov.get("rounding") == "sr" for ov in FIX_STAGE_OVERRIDES.get(self.name, {}).values())
+
 
 FIXES = ("paper", "offset", "unbiased")
 # what a fix changes in the stage plan besides its kernel arithmetic

@@ -8,16 +8,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from flashbits.emulator.attention import units
+
 # what the launcher needs beyond KERNEL: the stages whose rounding a kernel
 # switches, rne or sr with 16 random bits ({stage: (constexpr, seed argument)};
 # every other stage is fixed to the family's plan); each family module says which
 # fixes it implements (FIXES)
 SR_STAGES = {"P_cast": ("P_SR", "seed_p"), "O_cast": ("O_SR", "seed_o")}
 SR_RAND_BITS = 16
-# the FIX constexpr: which fix the kernel compiles in (emulator.attention.units.FIX_KINDS)
-FIX_NONE, FIX_PAPER, FIX_UNBIASED = tl.constexpr(0), tl.constexpr(1), tl.constexpr(3)
-# the unbiased fix's Weyl step between a row's key blocks (emulator.attention.units.WEYL_STEP)
-WEYL_STEP = tl.constexpr(0x9E3779B9)
+# the FIX constexpr: which fix the kernel compiles in, and the unbiased fix's Weyl step
+# between a row's key blocks: the emulator's own constants (emulator.attention.units)
+FIX_NONE, FIX_PAPER, FIX_UNBIASED = (tl.constexpr(units.FIX_KINDS[f]) for f in (None, "paper", "unbiased"))
+WEYL_STEP = tl.constexpr(units.WEYL_STEP)
 
 # Lengths, flags and seeds vary per call: specialising on them (== 1, % 16)
 # would recompile for every length; the arithmetic does not depend on it.

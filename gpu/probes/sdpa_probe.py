@@ -57,7 +57,10 @@ def inputs(shape, seed, torch):
 
 
 def bits(t):
-    return t.detach().contiguous().cpu().view(__import__("torch").int16).numpy()
+    """A bf16 tensor's raw bits as an int16 numpy array."""
+    import torch
+
+    return t.detach().contiguous().cpu().view(torch.int16).numpy()
 
 
 def run_case(case, device, torch):
